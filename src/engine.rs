@@ -1,0 +1,94 @@
+//! From a CheckRequest to a decision: request facts, identities, then the
+//! bundle. The server, `authzd eval` and bundle tests all decide here.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+
+use crate::decision::{Decision, Reason};
+use crate::identity::{Identities, User};
+use crate::policy::{Bundle, TraceEntry};
+use crate::request::RequestFacts;
+use crate::spiffe::SpiffeId;
+
+/// Limits that a CheckRequest must respect before it is evaluated. Envoy's
+/// own limits are lower by default, so these only stop abuse.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_headers: 200,
+            max_header_bytes: 96 * 1024,
+        }
+    }
+}
+
+/// How the user of a request is known.
+#[derive(Debug, Clone, Default)]
+pub enum UserSource {
+    /// No user: the request is evaluated as anonymous.
+    #[default]
+    Anonymous,
+    /// A user already verified, or stated directly by a bundle test.
+    Verified(Arc<User>),
+}
+
+/// Decides a CheckRequest against a bundle. Never fails and never panics on
+/// malformed input: whatever is missing or ambiguous becomes a deny reason.
+pub fn decide(
+    bundle: &Bundle,
+    check: &CheckRequest,
+    user: &UserSource,
+    limits: RequestLimits,
+    trace: Option<&mut Vec<TraceEntry>>,
+) -> Decision {
+    let deny = |reason| Decision::deny(reason, bundle.revision.clone());
+
+    let facts = match RequestFacts::from_check(check, bundle.path_options) {
+        Ok(facts) => facts,
+        Err(reason) => return deny(reason),
+    };
+    if facts.headers.len() > limits.max_headers
+        || facts.headers.total_size() > limits.max_header_bytes
+    {
+        return deny(Reason::RequestTooLarge);
+    }
+
+    let workload = match workload_from_principal(facts.source_principal) {
+        Ok(workload) => workload,
+        Err(reason) => return deny(reason),
+    };
+    let identities = Identities {
+        workload,
+        user: match user {
+            UserSource::Anonymous => None,
+            UserSource::Verified(user) => Some(user.clone()),
+        },
+    };
+
+    let time = request_time(check).unwrap_or_else(|| chrono::Utc::now().into());
+    bundle.decide_at(&facts, &identities, time, trace)
+}
+
+/// Parses `source.principal`. Envoy sets it from the peer certificate's URI
+/// SAN; an empty value means no workload identity.
+fn workload_from_principal(principal: &str) -> Result<Option<SpiffeId>, Reason> {
+    if principal.is_empty() {
+        return Ok(None);
+    }
+    SpiffeId::parse(principal)
+        .map(Some)
+        .map_err(|_| Reason::InvalidPrincipal)
+}
+
+/// The request start time Envoy sends, if present and representable.
+fn request_time(check: &CheckRequest) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let time = check.attributes.as_ref()?.request.as_ref()?.time.as_ref()?;
+    let nanos = u32::try_from(time.nanos).ok()?;
+    chrono::DateTime::from_timestamp(time.seconds, nanos).map(Into::into)
+}

@@ -1,0 +1,13 @@
+//! authzd: an Envoy external-authorization server.
+//!
+//! Envoy calls `envoy.service.auth.v3.Authorization/Check` for each request;
+//! authzd answers allow or deny from the caller's workload identity, the end
+//! user's verified token, the normalized request and a compiled policy
+//! bundle, and explains every decision.
+
+pub mod decision;
+pub mod engine;
+pub mod identity;
+pub mod policy;
+pub mod request;
+pub mod spiffe;
