@@ -38,6 +38,13 @@ pub enum UserSource {
     Verified(Arc<User>),
 }
 
+/// A decision with the identities it was made for.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub decision: Decision,
+    pub identities: Identities,
+}
+
 /// Decides a CheckRequest against a bundle. Never fails and never panics on
 /// malformed input: whatever is missing or ambiguous becomes a deny reason.
 pub fn decide(
@@ -46,8 +53,11 @@ pub fn decide(
     user: &UserSource,
     limits: RequestLimits,
     trace: Option<&mut Vec<TraceEntry>>,
-) -> Decision {
-    let deny = |reason| Decision::deny(reason, bundle.revision.clone());
+) -> Evaluation {
+    let deny = |reason| Evaluation {
+        decision: Decision::deny(reason, bundle.revision.clone()),
+        identities: Identities::default(),
+    };
 
     let facts = match RequestFacts::from_check(check, bundle.path_options) {
         Ok(facts) => facts,
@@ -72,7 +82,11 @@ pub fn decide(
     };
 
     let time = request_time(check).unwrap_or_else(|| chrono::Utc::now().into());
-    bundle.decide_at(&facts, &identities, time, trace)
+    let decision = bundle.decide_at(&facts, &identities, time, trace);
+    Evaluation {
+        decision,
+        identities,
+    }
 }
 
 /// Parses `source.principal`. Envoy sets it from the peer certificate's URI

@@ -5,9 +5,12 @@
 //! user's verified token, the normalized request and a compiled policy
 //! bundle, and explains every decision.
 
+pub mod config;
 pub mod decision;
 pub mod engine;
 pub mod identity;
 pub mod policy;
 pub mod request;
+pub mod server;
 pub mod spiffe;
+pub mod store;

@@ -50,13 +50,16 @@ fn run_test(bundle: &Bundle, test: &BundleTest) -> TestResult {
     let mut trace = Vec::new();
 
     let decision = match build_check(&spec.request) {
-        Ok((check, user)) => engine::decide(
-            bundle,
-            &check,
-            &user_source(user, bundle),
-            RequestLimits::default(),
-            Some(&mut trace),
-        ),
+        Ok((check, user)) => {
+            engine::decide(
+                bundle,
+                &check,
+                &user_source(user, bundle),
+                RequestLimits::default(),
+                Some(&mut trace),
+            )
+            .decision
+        }
         Err(problem) => {
             failures.push(problem);
             Decision::deny(
@@ -112,7 +115,8 @@ fn run_test(bundle: &Bundle, test: &BundleTest) -> TestResult {
     }
 }
 
-fn user_source(claims: Option<serde_json::Value>, bundle: &Bundle) -> UserSource {
+/// Turns the claims a test states into the user the engine sees.
+pub fn user_source(claims: Option<serde_json::Value>, bundle: &Bundle) -> UserSource {
     match claims {
         None => UserSource::Anonymous,
         Some(claims) => UserSource::Verified(Arc::new(User::from_claims(claims, &bundle.claims))),
