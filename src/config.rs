@@ -6,16 +6,69 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::decision_log::DecisionLogConfig;
+use crate::tls::TlsConfig;
+
 /// The configuration `authzd serve` uses when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address of the Check gRPC listener.
-    pub listen: SocketAddr,
+    /// Address of the Check gRPC listener on TCP; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// TLS on the TCP listener.
+    pub tls: Option<TlsConfig>,
+    pub unix_socket: Option<UnixSocketConfig>,
+    pub admin: AdminConfig,
     pub bundle: BundleSourceConfig,
+    pub limits: LimitsConfig,
+    pub shutdown_timeout_seconds: u64,
+    pub decision_log: DecisionLogConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixSocketConfig {
+    pub path: PathBuf,
+    /// File mode in octal, such as `"0660"`.
+    #[serde(default = "default_socket_mode")]
+    pub mode: String,
+}
+
+fn default_socket_mode() -> String {
+    "0660".to_owned()
+}
+
+impl UnixSocketConfig {
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "unix_socket.mode: `{}` is not an octal file mode such as `0660`",
+                    self.mode
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_in_flight: usize,
+    pub max_concurrent_per_connection: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,7 +103,30 @@ impl Config {
         let overrides: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| format!("invalid configuration: {e}"))?;
         merge(&mut merged, overrides);
-        serde_yaml_ng::from_value(merged).map_err(|e| format!("invalid configuration: {e}"))
+        let config: Config =
+            serde_yaml_ng::from_value(merged).map_err(|e| format!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot, naming the key at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_none() && self.unix_socket.is_none() {
+            return Err("listen: no Check listener; set `listen` or `unix_socket`".to_owned());
+        }
+        if self.tls.is_some() && self.listen.is_none() {
+            return Err("tls: TLS applies to the TCP listener, but `listen` is null".to_owned());
+        }
+        if let Some(socket) = &self.unix_socket {
+            socket.mode_bits()?;
+        }
+        if self.limits.max_in_flight == 0 || self.limits.max_concurrent_per_connection == 0 {
+            return Err(
+                "limits: `max_in_flight` and `max_concurrent_per_connection` must be at least 1"
+                    .to_owned(),
+            );
+        }
+        self.decision_log.validate()
     }
 
     pub fn default_config() -> Config {
@@ -83,7 +159,10 @@ mod tests {
     #[test]
     fn default_config_parses() {
         let config = Config::default_config();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:9191");
+        assert_eq!(
+            config.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9191")
+        );
         assert_eq!(config.bundle.directory, PathBuf::from("policies/example"));
     }
 
@@ -91,6 +170,18 @@ mod tests {
     fn unknown_key_is_named() {
         let error = Config::parse("listn: 127.0.0.1:1").unwrap_err();
         assert!(error.contains("listn"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let mode = Config::parse("unix_socket: {path: /tmp/a.sock, mode: \"999\"}").unwrap_err();
+        assert!(mode.contains("unix_socket.mode"), "{mode}");
+        let rate = Config::parse("decision_log: {allow_sample_rate: 2.0}").unwrap_err();
+        assert!(rate.contains("decision_log.allow_sample_rate"), "{rate}");
+        let secret = Config::parse("decision_log: {headers: [Authorization]}").unwrap_err();
+        assert!(secret.contains("decision_log.headers"), "{secret}");
+        let nested = Config::parse("limits: {max_inflight: 3}").unwrap_err();
+        assert!(nested.contains("max_inflight"), "{nested}");
     }
 
     #[test]

@@ -60,6 +60,41 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 26] = [
+        Reason::AllowedByRule,
+        Reason::DeniedByRule,
+        Reason::NoMatchingRule,
+        Reason::ConditionError,
+        Reason::AuditMode,
+        Reason::NoActiveBundle,
+        Reason::MissingHttpAttributes,
+        Reason::InvalidMethod,
+        Reason::InvalidHost,
+        Reason::PathNotAbsolute,
+        Reason::PathTooLong,
+        Reason::PathInvalidCharacter,
+        Reason::PathControlCharacter,
+        Reason::PathBackslash,
+        Reason::PathParameter,
+        Reason::PathInvalidEncoding,
+        Reason::PathEncodedSlash,
+        Reason::PathEncodedDot,
+        Reason::PathEncodedPercent,
+        Reason::PathEmptySegment,
+        Reason::InvalidPrincipal,
+        Reason::PrincipalMismatch,
+        Reason::InvalidCertificate,
+        Reason::UntrustedCertificate,
+        Reason::RequestTooLarge,
+        Reason::InvalidToken,
+    ];
+
+    /// The position of this reason in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::AllowedByRule => "allowed_by_rule",

@@ -5,12 +5,16 @@
 //! user's verified token, the normalized request and a compiled policy
 //! bundle, and explains every decision.
 
+pub mod admin_http;
 pub mod config;
 pub mod decision;
+pub mod decision_log;
 pub mod engine;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod request;
 pub mod server;
 pub mod spiffe;
 pub mod store;
+pub mod tls;

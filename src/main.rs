@@ -84,7 +84,7 @@ fn serve(
         }
     };
     if let Some(listen) = listen {
-        config.listen = listen;
+        config.listen = Some(listen);
     }
     if let Some(dir) = bundle_dir {
         config.bundle.directory = dir;
@@ -106,6 +106,7 @@ fn serve(
 
 async fn run_server(config: Config) -> ExitCode {
     let store = Arc::new(BundleStore::new());
+    let source = config.bundle.directory.display().to_string();
     match Bundle::load_dir(&config.bundle.directory) {
         Ok(bundle) => {
             tracing::info!(
@@ -113,36 +114,59 @@ async fn run_server(config: Config) -> ExitCode {
                 revision = &*bundle.revision,
                 digest = &*bundle.digest,
                 rules = bundle.rules.len(),
-                source = %config.bundle.directory.display(),
+                source,
                 "bundle activated"
             );
-            store.activate(Arc::new(bundle));
+            store.activate_from(Arc::new(bundle), &source);
         }
         Err(error) => {
+            // Serving goes on, NOT_SERVING and denying every Check, so the
+            // probes show why instead of a restart loop.
             for problem in &error.errors {
-                tracing::error!(source = %config.bundle.directory.display(), problem, "bundle rejected");
+                tracing::error!(source, problem, "bundle rejected");
             }
-            return ExitCode::FAILURE;
+            store.record_rejection(&source, error.errors);
         }
     }
 
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
+    let runtime = match authzd::server::run::Runtime::new(&config, store) {
+        Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(address = %config.listen, %error, "cannot bind the check listener");
+            tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-    };
-    match authzd::server::serve_tcp(listener, store, shutdown).await {
+    if let Some(bundle) = runtime.store.current() {
+        runtime
+            .metrics
+            .set_active_bundle(&bundle.name, &bundle.revision, &bundle.digest);
+        runtime.metrics.record_activation("activated");
+    }
+
+    match authzd::server::run::run(&config, runtime, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "check listener failed");
+            tracing::error!(%error, "authzd failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops authzd");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
     }
 }
 

@@ -1,18 +1,50 @@
 //! The active bundle, swapped atomically.
 //!
 //! A Check loads the current snapshot once and keeps it to the end, so a
-//! swap during a decision never mixes two bundles.
+//! swap during a decision never mixes two bundles. Status details (source,
+//! activation time, last rejection) live beside the snapshot behind a mutex
+//! that only activations and status readers take, never a Check.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
 use crate::policy::Bundle;
 
+/// What status reports about activations.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStatus {
+    /// Where the active bundle came from, such as a directory path.
+    pub source: String,
+    pub activated_at: Option<SystemTime>,
+    pub last_rejection: Option<Rejection>,
+}
+
+/// A bundle that was not activated, and why.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub source: String,
+    pub at: SystemTime,
+    pub errors: Vec<String>,
+}
+
 /// Holds the active bundle; empty until a first bundle is activated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BundleStore {
     active: ArcSwapOption<Bundle>,
+    status: Mutex<StoreStatus>,
+    activations: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for BundleStore {
+    fn default() -> Self {
+        BundleStore {
+            active: ArcSwapOption::empty(),
+            status: Mutex::new(StoreStatus::default()),
+            activations: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl BundleStore {
@@ -27,6 +59,40 @@ impl BundleStore {
 
     /// Makes `bundle` the active bundle and returns the one it replaced.
     pub fn activate(&self, bundle: Arc<Bundle>) -> Option<Arc<Bundle>> {
-        self.active.swap(Some(bundle))
+        self.activate_from(bundle, "")
+    }
+
+    /// Makes `bundle` the active bundle, recording where it came from.
+    pub fn activate_from(&self, bundle: Arc<Bundle>, source: &str) -> Option<Arc<Bundle>> {
+        let previous = self.active.swap(Some(bundle));
+        if let Ok(mut status) = self.status.lock() {
+            status.source = source.to_owned();
+            status.activated_at = Some(SystemTime::now());
+        }
+        self.activations.send_modify(|count| *count += 1);
+        previous
+    }
+
+    /// Records a bundle that was not activated.
+    pub fn record_rejection(&self, source: &str, errors: Vec<String>) {
+        if let Ok(mut status) = self.status.lock() {
+            status.last_rejection = Some(Rejection {
+                source: source.to_owned(),
+                at: SystemTime::now(),
+                errors,
+            });
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        self.status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_default()
+    }
+
+    /// Returns a receiver that changes on every activation.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.activations.subscribe()
     }
 }

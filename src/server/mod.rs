@@ -1,10 +1,11 @@
 //! The gRPC server: Envoy's Authorization service and gRPC health.
 
 pub mod response;
+pub mod run;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -13,8 +14,10 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
 use crate::decision::{Decision, Reason};
+use crate::decision_log::DecisionLog;
 use crate::engine::{self, Evaluation, RequestLimits, UserSource};
 use crate::identity::Identities;
+use crate::metrics::Metrics;
 use crate::store::BundleStore;
 
 /// Largest CheckRequest the server decodes. Envoy's `max_request_bytes`
@@ -27,6 +30,9 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 pub struct AuthzService {
     store: Arc<BundleStore>,
     limits: RequestLimits,
+    max_in_flight: i64,
+    metrics: Arc<Metrics>,
+    decision_log: Option<DecisionLog>,
 }
 
 impl AuthzService {
@@ -34,12 +40,33 @@ impl AuthzService {
         AuthzService {
             store,
             limits: RequestLimits::default(),
+            max_in_flight: i64::MAX,
+            metrics: Arc::new(Metrics::new()),
+            decision_log: None,
         }
+    }
+
+    /// Sets the request limits and the most Checks decided at once.
+    pub fn with_limits(mut self, limits: RequestLimits, max_in_flight: usize) -> Self {
+        self.limits = limits;
+        self.max_in_flight = i64::try_from(max_in_flight).unwrap_or(i64::MAX);
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn with_decision_log(mut self, decision_log: Option<DecisionLog>) -> Self {
+        self.decision_log = decision_log;
+        self
     }
 
     /// Decides one CheckRequest and builds the response. Synchronous: nothing
     /// on this path waits.
     pub fn check_now(&self, check: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
 
         let evaluation = match self.store.current() {
@@ -52,13 +79,48 @@ impl AuthzService {
             },
         };
 
-        log_decision(&evaluation, check, &decision_id);
         let context = response::ResponseContext {
             decision_id: &decision_id,
             identities: &evaluation.identities,
             remove_headers: &[],
         };
-        response::build(&evaluation.decision, &context)
+        let response = response::build(&evaluation.decision, &context);
+
+        let latency = started.elapsed();
+        self.record(&evaluation, check, &decision_id, latency);
+        response
+    }
+
+    /// Counts, traces and logs one decision.
+    fn record(
+        &self,
+        evaluation: &Evaluation,
+        check: &CheckRequest,
+        decision_id: &str,
+        latency: std::time::Duration,
+    ) {
+        let decision = &evaluation.decision;
+        self.metrics.record_check(decision.allowed, decision.reason);
+        self.metrics.check_latency.observe(latency);
+
+        let http = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        log_decision(evaluation, http.map_or("", |h| h.id.as_str()), decision_id);
+        if let Some(decision_log) = &self.decision_log {
+            decision_log.record(decision, decision_id, &evaluation.identities, http, latency);
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when a Check ends, however it ends.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.checks_in_flight.dec();
     }
 }
 
@@ -68,19 +130,20 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let previous = self.metrics.checks_in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+        if previous >= self.max_in_flight {
+            self.metrics.checks_rejected_overload.inc();
+            return Err(Status::resource_exhausted("too many checks in flight"));
+        }
+
         let check = request.into_inner();
         Ok(Response::new(self.check_now(&check)))
     }
 }
 
-fn log_decision(evaluation: &Evaluation, check: &CheckRequest, decision_id: &str) {
+fn log_decision(evaluation: &Evaluation, request_id: &str, decision_id: &str) {
     let decision = &evaluation.decision;
-    let request_id = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-        .map_or("", |http| http.id.as_str());
     let workload = evaluation
         .identities
         .workload
@@ -122,8 +185,10 @@ fn log_decision(evaluation: &Evaluation, check: &CheckRequest, decision_id: &str
 
 /// Builds the tonic server with explicit HTTP/2 limits, so a peer that
 /// opens and resets streams in bulk cannot hold unbounded memory.
-pub fn grpc_server() -> tonic::transport::Server {
+pub fn grpc_server(max_concurrent_per_connection: usize) -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(max_concurrent_per_connection)
+        .load_shed(true)
         .max_concurrent_streams(Some(1024))
         .http2_max_pending_accept_reset_streams(Some(256))
         .http2_max_local_error_reset_streams(Some(256))
@@ -134,39 +199,25 @@ pub fn grpc_server() -> tonic::transport::Server {
 }
 
 /// The Authorization service wrapped for tonic, with the decode limit set.
-pub fn authorization_service(store: Arc<BundleStore>) -> AuthorizationServer<AuthzService> {
-    AuthorizationServer::new(AuthzService::new(store))
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn authorization_service(service: AuthzService) -> AuthorizationServer<AuthzService> {
+    AuthorizationServer::new(service).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-/// Serves Check and gRPC health on a bound TCP listener until `shutdown`
-/// completes.
+/// Serves Check and gRPC health on a bound TCP listener with default
+/// settings until `shutdown` completes.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     store: Arc<BundleStore>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let health = run::Health::start(store.clone()).await;
+    let service = AuthzService::new(store);
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let status = if store.current().is_some() {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    // The empty name is the server as a whole, which probes ask about.
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(
-            <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-
     tracing::info!(address = ?local, "check listener started");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = grpc_server()
-        .add_service(health)
-        .add_service(authorization_service(store))
+    let result = grpc_server(1024)
+        .add_service(health.service())
+        .add_service(authorization_service(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tracing::info!(address = ?local, "check listener stopped");
