@@ -102,7 +102,9 @@ impl Config {
             .map_err(|e| format!("embedded default configuration: {e}"))?;
         let overrides: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| format!("invalid configuration: {e}"))?;
-        merge(&mut merged, overrides);
+        if !overrides.is_null() {
+            merge(&mut merged, overrides);
+        }
         let config: Config =
             serde_yaml_ng::from_value(merged).map_err(|e| format!("invalid configuration: {e}"))?;
         config.validate()?;
@@ -134,7 +136,8 @@ impl Config {
     }
 }
 
-/// Merges `overrides` into `base`, recursing into maps.
+/// Merges `overrides` into `base`, recursing into maps. An explicit `null`
+/// replaces the default, which is how a listener is turned off.
 fn merge(base: &mut serde_yaml_ng::Value, overrides: serde_yaml_ng::Value) {
     match (base, overrides) {
         (serde_yaml_ng::Value::Mapping(base), serde_yaml_ng::Value::Mapping(overrides)) => {
@@ -147,7 +150,6 @@ fn merge(base: &mut serde_yaml_ng::Value, overrides: serde_yaml_ng::Value) {
                 }
             }
         }
-        (_, serde_yaml_ng::Value::Null) => {}
         (base, overrides) => *base = overrides,
     }
 }

@@ -86,10 +86,12 @@ impl std::fmt::Debug for DecisionLog {
 
 impl DecisionLog {
     /// Starts the writer thread. Returns `None` when the output is `none`.
+    /// The writer flushes and ends once every clone of the handle is
+    /// dropped; join the returned thread to wait for that.
     pub fn start(
         config: &DecisionLogConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<(Self, std::thread::JoinHandle<()>)>, String> {
         config.validate()?;
         let output: Box<dyn Write + Send> = match config.output.as_str() {
             "none" => return Ok(None),
@@ -106,12 +108,12 @@ impl DecisionLog {
         };
 
         let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("decision-log".to_owned())
             .spawn(move || write_lines(receiver, output))
             .map_err(|e| format!("cannot start the decision log writer: {e}"))?;
 
-        Ok(Some(DecisionLog {
+        let log = DecisionLog {
             sender,
             allow_threshold: (config.allow_sample_rate * u64::MAX as f64) as u64,
             headers: config
@@ -120,7 +122,8 @@ impl DecisionLog {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             metrics,
-        }))
+        };
+        Ok(Some((log, writer)))
     }
 
     /// Logs a decision: always for a deny, sampled for an allow.

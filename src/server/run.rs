@@ -77,6 +77,18 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub service: AuthzService,
     pub status_sections: Arc<dyn StatusSection>,
+    /// The decision log writer thread, joined at stop so no line is lost.
+    pub decision_log_writer: Option<std::thread::JoinHandle<()>>,
+    /// Receives the bound addresses once every listener is bound, which
+    /// tells a caller that configured port 0 where to connect.
+    pub on_bound: Option<tokio::sync::oneshot::Sender<BoundAddresses>>,
+}
+
+/// The addresses the TCP listeners were bound to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoundAddresses {
+    pub check: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Runtime {
@@ -84,8 +96,11 @@ impl Runtime {
     /// Check service.
     pub fn new(config: &Config, store: Arc<BundleStore>) -> Result<Runtime, String> {
         let metrics = Arc::new(Metrics::new());
-        let decision_log =
-            crate::decision_log::DecisionLog::start(&config.decision_log, metrics.clone())?;
+        let (decision_log, decision_log_writer) =
+            match crate::decision_log::DecisionLog::start(&config.decision_log, metrics.clone())? {
+                Some((log, writer)) => (Some(log), Some(writer)),
+                None => (None, None),
+            };
         let limits = RequestLimits {
             max_headers: config.limits.max_headers,
             max_header_bytes: config.limits.max_header_bytes,
@@ -99,6 +114,8 @@ impl Runtime {
             metrics,
             service,
             status_sections: Arc::new(NoSections),
+            decision_log_writer,
+            on_bound: None,
         })
     }
 }
@@ -108,10 +125,11 @@ impl Runtime {
 /// `shutdown_timeout_seconds` to finish.
 pub async fn run(
     config: &Config,
-    runtime: Runtime,
+    mut runtime: Runtime,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let (stop, stopped) = watch::channel(false);
+    let mut bound = BoundAddresses::default();
     let health = Health::start(runtime.store.clone()).await;
     let per_connection = config.limits.max_concurrent_per_connection;
     let mut tasks = tokio::task::JoinSet::new();
@@ -120,6 +138,8 @@ pub async fn run(
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| format!("cannot bind the check listener on {address}: {e}"))?;
+        let address = listener.local_addr().unwrap_or(address);
+        bound.check = Some(address);
         let router = grpc_server(per_connection)
             .add_service(health.service())
             .add_service(authorization_service(runtime.service.clone()));
@@ -172,6 +192,7 @@ pub async fn run(
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| format!("cannot bind the admin listener on {address}: {e}"))?;
+        bound.admin = listener.local_addr().ok();
         let state = AdminState {
             store: runtime.store.clone(),
             metrics: runtime.metrics.clone(),
@@ -182,6 +203,10 @@ pub async fn run(
             admin_http::serve(listener, state, signal).await;
             Ok(())
         });
+    }
+
+    if let Some(on_bound) = runtime.on_bound.take() {
+        let _ = on_bound.send(bound);
     }
 
     // Serve until a signal arrives or a listener fails.
@@ -211,6 +236,19 @@ pub async fn run(
             "in-flight checks did not finish before the shutdown timeout"
         );
         tasks.abort_all();
+    }
+
+    // Every listener is done, so dropping the service drops the last
+    // decision log handle and the writer flushes and ends.
+    drop(runtime.service);
+    if let Some(writer) = runtime.decision_log_writer.take() {
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("decision log writer did not finish within 5 seconds");
+        }
     }
 
     if let Some(path) = socket_path {
