@@ -51,6 +51,8 @@ pub enum Reason {
     InvalidCertificate,
     /// The peer certificate does not verify against the trust bundle.
     UntrustedCertificate,
+    /// The workload's trust domain is not among the bundle's trusted ones.
+    UntrustedTrustDomain,
 
     /// A request header or the request as a whole exceeds a size limit.
     RequestTooLarge,
@@ -121,6 +123,7 @@ impl Reason {
             Reason::PrincipalMismatch => "principal_mismatch",
             Reason::InvalidCertificate => "invalid_certificate",
             Reason::UntrustedCertificate => "untrusted_certificate",
+            Reason::UntrustedTrustDomain => "untrusted_trust_domain",
             Reason::RequestTooLarge => "request_too_large",
             Reason::InvalidToken => "invalid_token",
         }
@@ -153,6 +156,7 @@ impl Reason {
             Reason::PrincipalMismatch => "the workload identity sources disagree",
             Reason::InvalidCertificate => "the peer certificate is not a valid X.509-SVID",
             Reason::UntrustedCertificate => "the peer certificate is not trusted",
+            Reason::UntrustedTrustDomain => "the workload's trust domain is not trusted",
             Reason::RequestTooLarge => "the request exceeds a size limit",
             Reason::InvalidToken => "the bearer token is invalid",
         }
