@@ -8,7 +8,7 @@
 //!    X.509-SVID rules and, where the trust domain has a trust bundle, its
 //!    chain and validity period are checked. `source.principal` must then
 //!    name the same SPIFFE ID, or the request is denied with
-//!    `principal_mismatch`; a principal with a certificate that carries no
+//!    `principal_mismatch`. A principal next to a certificate that carries no
 //!    SPIFFE ID is a mismatch too, because Envoy falls back to a DNS SAN or
 //!    the subject for the principal. Without a certificate, the principal
 //!    alone is the peer's identity, as Envoy verified the TLS handshake.
@@ -36,7 +36,7 @@ use crate::policy::model::WorkloadSpec;
 use crate::request::RequestFacts;
 use crate::spiffe::{SpiffeId, TrustDomain};
 
-/// Why a request gets no workload identity and is denied.
+/// A deny caused by the workload identity sources.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityError {
     pub reason: Reason,
@@ -58,7 +58,7 @@ impl IdentityError {
     }
 }
 
-/// How certificates of one trust domain are checked.
+/// The check applied to the certificates of one trust domain.
 #[derive(Debug, Clone)]
 enum Verification {
     /// The chain must lead to one of these CA certificates.
@@ -159,7 +159,7 @@ impl WorkloadPolicy {
         }
     }
 
-    /// The identity of the direct peer, from `source.principal` and
+    /// Resolves the identity of the direct peer from `source.principal` and
     /// `source.certificate`.
     fn peer_identity(
         &self,
@@ -208,7 +208,8 @@ impl WorkloadPolicy {
         }
     }
 
-    /// The identity of the client described by the last XFCC element.
+    /// Resolves the identity of the client that the last XFCC element
+    /// describes.
     fn forwarded_identity(
         &self,
         header: &str,
@@ -246,8 +247,8 @@ impl WorkloadPolicy {
 
     /// Reads the SPIFFE ID of one XFCC element. A `Cert` (or, without it, the
     /// leaf of `Chain`) goes through the same checks as `source.certificate`,
-    /// and its `Hash` and `URI` must agree with it; without a certificate,
-    /// the one `URI` is taken as Envoy wrote it. `DNS` never yields an ID.
+    /// and its `Hash` and `URI` must agree with it. Without a certificate,
+    /// the single `URI` is taken as Envoy wrote it. `DNS` never yields an ID.
     fn element_identity(
         &self,
         element: &XfccElement<'_>,

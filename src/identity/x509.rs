@@ -22,7 +22,7 @@ pub const MAX_ENCODED_CHAIN_BYTES: usize = 64 * 1024;
 /// Maximum number of certificates in a chain, leaf included.
 pub const MAX_CHAIN_LENGTH: usize = 8;
 
-/// Why a certificate yields no usable identity.
+/// A reason a certificate yields no usable identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
     #[error("the certificate is longer than {MAX_ENCODED_CHAIN_BYTES} bytes")]
@@ -54,8 +54,8 @@ pub enum CertificateError {
 }
 
 impl CertificateError {
-    /// The deny reason: [`Reason::UntrustedCertificate`] when the chain or
-    /// validity period fails, [`Reason::InvalidCertificate`] otherwise.
+    /// Returns the deny reason: [`Reason::UntrustedCertificate`] when the
+    /// chain or validity period fails, [`Reason::InvalidCertificate`] otherwise.
     pub fn reason(&self) -> Reason {
         match self {
             CertificateError::Untrusted(_) => Reason::UntrustedCertificate,

@@ -21,7 +21,7 @@ pub const MAX_ELEMENTS: usize = 32;
 /// Maximum number of key-value pairs in one element.
 pub const MAX_PAIRS: usize = 64;
 
-/// Why an XFCC header could not be parsed.
+/// A reason an XFCC header is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XfccError {
     #[error("the header is empty")]
@@ -63,17 +63,17 @@ impl<'a> XfccElement<'a> {
         self.values("Hash").next()
     }
 
-    /// The client certificate, URL-encoded PEM.
+    /// Returns the client certificate, URL-encoded PEM.
     pub fn cert(&self) -> Option<&str> {
         self.values("Cert").next()
     }
 
-    /// The client certificate chain, leaf first, URL-encoded PEM.
+    /// Returns the client certificate chain, leaf first, URL-encoded PEM.
     pub fn chain(&self) -> Option<&str> {
         self.values("Chain").next()
     }
 
-    /// The client certificate's subject distinguished name.
+    /// Returns the client certificate's subject distinguished name.
     pub fn subject(&self) -> Option<&str> {
         self.values("Subject").next()
     }
@@ -196,7 +196,7 @@ fn parse_pair(input: &str) -> Result<(&str, Cow<'_, str>, Separator, &str), Xfcc
 }
 
 /// Reads a quoted value after its opening `"` up to the closing `"`.
-/// Only `\"` is an escape; any other backslash stands for itself, as Envoy
+/// Only `\"` is an escape. Any other backslash is kept, because Envoy
 /// escapes nothing else.
 fn parse_quoted(input: &str) -> Result<(Cow<'_, str>, &str), XfccError> {
     let mut unescaped: Option<String> = None;

@@ -58,8 +58,8 @@ impl Default for ClaimMapping {
     }
 }
 
-/// How workload identities are accepted: trusted trust domains with their
-/// trust bundles, and whether `x-forwarded-client-cert` is read.
+/// Workload identity settings: the trusted trust domains with their trust
+/// bundles, and whether `x-forwarded-client-cert` is read.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {

@@ -13,6 +13,15 @@ const FRONTEND: &str = "spiffe://example.org/ns/shop/sa/frontend";
 const GATEWAY: &str = "spiffe://example.org/ns/edge/sa/gateway";
 const PARTNER: &str = "spiffe://partner.example/app";
 
+/// A named case: principal, certificate or XFCC header, and the expected
+/// workload or deny reason.
+type Case = (
+    &'static str,
+    &'static str,
+    String,
+    Result<Option<&'static str>, Reason>,
+);
+
 /// The parts of a CheckRequest that carry workload identity.
 #[derive(Default)]
 struct Sources {
@@ -78,7 +87,7 @@ fn compile_errors(spec: WorkloadSpec) -> Vec<String> {
     errors
 }
 
-/// A bundle trusting `example.org` with `ca` as its trust bundle.
+/// Compiles a policy that trusts `example.org` with `ca` as its trust bundle.
 fn trusting(ca: &TestCa) -> WorkloadPolicy {
     compile(WorkloadSpec {
         trust_domains: vec![domain("example.org", Some(ca))],
@@ -134,7 +143,7 @@ fn certificate_cases() {
     let policy = trusting(&ca);
     let svid = cert(&ca, &Leaf::svid(FRONTEND));
 
-    let cases: Vec<(&str, &'static str, String, Result<Option<&str>, Reason>)> = vec![
+    let cases: Vec<Case> = vec![
         ("valid svid", "", svid.clone(), Ok(Some(FRONTEND))),
         (
             "valid svid and its principal",
@@ -368,7 +377,7 @@ fn trusted_xfcc_cases() {
         .collect();
     let chain = url_encode(&format!("{client_pem}{}", ca.pem()));
 
-    let cases: Vec<(&str, &'static str, String, Result<Option<&str>, Reason>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "URI without peer",
             "",

@@ -5,6 +5,13 @@ use crate::identity::test_certs::{Leaf, TestCa, dns, email, uri, url_encode};
 
 const FRONTEND: &str = "spiffe://example.org/ns/shop/sa/frontend";
 
+/// A named case: the leaf and the SPIFFE ID or error expected.
+type Case = (
+    &'static str,
+    Leaf,
+    Result<Option<&'static str>, CertificateError>,
+);
+
 fn leaf_der(pem: &str) -> Vec<u8> {
     CertificateChain::from_pem(pem.as_bytes())
         .unwrap()
@@ -25,7 +32,7 @@ fn svid_yields_its_id() {
 
 #[test]
 fn svid_rules_by_case() {
-    let cases: Vec<(&str, Leaf, Result<Option<&str>, CertificateError>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "spiffe and dns SANs",
             Leaf::svid(FRONTEND).sans(vec![uri(FRONTEND), dns("frontend.example.org")]),
