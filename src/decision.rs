@@ -63,7 +63,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::AllowedByRule,
         Reason::DeniedByRule,
         Reason::NoMatchingRule,
@@ -88,6 +88,7 @@ impl Reason {
         Reason::PrincipalMismatch,
         Reason::InvalidCertificate,
         Reason::UntrustedCertificate,
+        Reason::UntrustedTrustDomain,
         Reason::RequestTooLarge,
         Reason::InvalidToken,
     ];
@@ -218,5 +219,17 @@ impl Decision {
 
     pub fn decision_str(&self) -> &'static str {
         if self.allowed { "allow" } else { "deny" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_reasons_in_order() {
+        for (position, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), position, "reason `{reason}`");
+        }
     }
 }
