@@ -51,6 +51,8 @@ pub enum Reason {
     InvalidCertificate,
     /// The peer certificate does not verify against the trust bundle.
     UntrustedCertificate,
+    /// The workload's trust domain is not among the bundle's trusted ones.
+    UntrustedTrustDomain,
 
     /// A request header or the request as a whole exceeds a size limit.
     RequestTooLarge,
@@ -61,7 +63,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::AllowedByRule,
         Reason::DeniedByRule,
         Reason::NoMatchingRule,
@@ -86,6 +88,7 @@ impl Reason {
         Reason::PrincipalMismatch,
         Reason::InvalidCertificate,
         Reason::UntrustedCertificate,
+        Reason::UntrustedTrustDomain,
         Reason::RequestTooLarge,
         Reason::InvalidToken,
     ];
@@ -121,6 +124,7 @@ impl Reason {
             Reason::PrincipalMismatch => "principal_mismatch",
             Reason::InvalidCertificate => "invalid_certificate",
             Reason::UntrustedCertificate => "untrusted_certificate",
+            Reason::UntrustedTrustDomain => "untrusted_trust_domain",
             Reason::RequestTooLarge => "request_too_large",
             Reason::InvalidToken => "invalid_token",
         }
@@ -153,6 +157,7 @@ impl Reason {
             Reason::PrincipalMismatch => "the workload identity sources disagree",
             Reason::InvalidCertificate => "the peer certificate is not a valid X.509-SVID",
             Reason::UntrustedCertificate => "the peer certificate is not trusted",
+            Reason::UntrustedTrustDomain => "the workload's trust domain is not trusted",
             Reason::RequestTooLarge => "the request exceeds a size limit",
             Reason::InvalidToken => "the bearer token is invalid",
         }
@@ -214,5 +219,17 @@ impl Decision {
 
     pub fn decision_str(&self) -> &'static str {
         if self.allowed { "allow" } else { "deny" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_reasons_in_order() {
+        for (position, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), position, "reason `{reason}`");
+        }
     }
 }

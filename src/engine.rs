@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use rustls::pki_types::UnixTime;
 
 use crate::decision::{Decision, Reason};
 use crate::identity::{Identities, User};
 use crate::policy::{Bundle, TraceEntry};
 use crate::request::RequestFacts;
-use crate::spiffe::SpiffeId;
 
 /// Limits that a CheckRequest must respect before it is evaluated. Envoy's
 /// own limits are lower by default, so these only stop abuse.
@@ -69,9 +69,13 @@ pub fn decide(
         return deny(Reason::RequestTooLarge);
     }
 
-    let workload = match workload_from_principal(facts.source_principal) {
+    let workload = match bundle.workloads.resolve(&facts, UnixTime::now()) {
         Ok(workload) => workload,
-        Err(reason) => return deny(reason),
+        Err(error) => {
+            let mut evaluation = deny(error.reason);
+            evaluation.decision.detail = Some(error.detail);
+            return evaluation;
+        }
     };
     let identities = Identities {
         workload,
@@ -87,17 +91,6 @@ pub fn decide(
         decision,
         identities,
     }
-}
-
-/// Parses `source.principal`. Envoy sets it from the peer certificate's URI
-/// SAN; an empty value means no workload identity.
-fn workload_from_principal(principal: &str) -> Result<Option<SpiffeId>, Reason> {
-    if principal.is_empty() {
-        return Ok(None);
-    }
-    SpiffeId::parse(principal)
-        .map(Some)
-        .map_err(|_| Reason::InvalidPrincipal)
 }
 
 /// The request start time Envoy sends, if present and representable.

@@ -10,6 +10,10 @@
 //!   non-empty, is not `.` or `..`, and uses only letters, digits, `.`, `-`
 //!   and `_` (so no percent-encoding, query or fragment);
 //! - the whole ID is at most 2048 bytes and the trust domain at most 255.
+//!
+//! Upper case in the scheme or the trust domain is rejected, not folded: the
+//! standard requires a lower-case trust domain, and go-spiffe, the reference
+//! implementation, rejects both.
 
 use std::fmt;
 
@@ -35,7 +39,8 @@ pub enum SpiffeIdError {
     #[error("trust domain is {actual} bytes long, the maximum is {MAX_TRUST_DOMAIN_LENGTH}")]
     TrustDomainTooLong { actual: usize },
     #[error(
-        "trust domain contains {found:?}; only lower-case letters, digits, `.`, `-` and `_` are allowed"
+        "trust domain contains `{}`; only lower-case letters, digits, `.`, `-` and `_` are allowed",
+        found.escape_debug()
     )]
     BadTrustDomainChar { found: char },
     #[error("SPIFFE ID path has an empty segment")]
@@ -45,7 +50,8 @@ pub enum SpiffeIdError {
     #[error("SPIFFE ID path ends with `/`")]
     TrailingSlash,
     #[error(
-        "SPIFFE ID path contains {found:?}; only letters, digits, `.`, `-` and `_` are allowed"
+        "SPIFFE ID path contains `{}`; only letters, digits, `.`, `-` and `_` are allowed",
+        found.escape_debug()
     )]
     BadPathChar { found: char },
 }
@@ -206,6 +212,7 @@ fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parse_splits_trust_domain_and_path() {
@@ -223,5 +230,270 @@ mod tests {
         let id = SpiffeId::parse("spiffe://example.org").unwrap();
         assert_eq!(id.path(), "");
         assert_eq!(id.segments().count(), 0);
+    }
+
+    #[test]
+    fn valid_ids_parse_and_print_back() {
+        let longest_id = format!("spiffe://example.org/{}", "a".repeat(MAX_ID_LENGTH - 21));
+        let longest_domain = format!("spiffe://{}/a", "d".repeat(MAX_TRUST_DOMAIN_LENGTH));
+        let cases: [(&str, &str); 18] = [
+            ("trust domain only", "spiffe://example.org"),
+            ("kubernetes path", "spiffe://example.org/ns/web/sa/frontend"),
+            ("one segment", "spiffe://example.org/a"),
+            ("digits in trust domain", "spiffe://123.example"),
+            ("dash in trust domain", "spiffe://my-domain.org/a"),
+            ("underscore in trust domain", "spiffe://my_domain/a"),
+            ("one letter trust domain", "spiffe://a"),
+            ("dotted quad trust domain", "spiffe://10.0.0.1/a"),
+            ("leading dash in trust domain", "spiffe://-example/a"),
+            ("upper case path", "spiffe://example.org/Path/UPPER"),
+            ("dots inside segments", "spiffe://example.org/a.b/c..d"),
+            ("three dots segment", "spiffe://example.org/..."),
+            ("dot prefixed segment", "spiffe://example.org/.hidden"),
+            ("dash and underscore path", "spiffe://example.org/a_b-c"),
+            ("digit segment", "spiffe://example.org/123"),
+            (
+                "uuid path",
+                "spiffe://example.com/9eebccd2-12bf-40a6-b262-65fe0487d453",
+            ),
+            ("2048 bytes", &longest_id),
+            ("255 byte trust domain", &longest_domain),
+        ];
+        assert_eq!(longest_id.len(), MAX_ID_LENGTH);
+        for (name, input) in cases {
+            match SpiffeId::parse(input) {
+                Ok(id) => assert_eq!(id.to_string(), input, "case `{name}`"),
+                Err(e) => panic!("case `{name}`: `{input}` rejected: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_ids_are_rejected_with_their_reason() {
+        use SpiffeIdError::*;
+        let too_long = format!("spiffe://example.org/{}", "a".repeat(MAX_ID_LENGTH - 20));
+        let long_domain = format!("spiffe://{}/a", "d".repeat(MAX_TRUST_DOMAIN_LENGTH + 1));
+        let cases: [(&str, &str, SpiffeIdError); 42] = [
+            ("empty", "", Empty),
+            (
+                "2049 bytes",
+                &too_long,
+                TooLong {
+                    actual: MAX_ID_LENGTH + 1,
+                },
+            ),
+            (
+                "256 byte trust domain",
+                &long_domain,
+                TrustDomainTooLong { actual: 256 },
+            ),
+            ("scheme only", "spiffe", WrongScheme),
+            ("one slash", "spiffe:/example.org", WrongScheme),
+            ("no slashes", "spiffe:example.org", WrongScheme),
+            ("upper case scheme", "SPIFFE://example.org", WrongScheme),
+            ("mixed case scheme", "Spiffe://example.org", WrongScheme),
+            ("http scheme", "http://example.org", WrongScheme),
+            ("leading space", " spiffe://example.org", WrongScheme),
+            ("no trust domain", "spiffe://", MissingTrustDomain),
+            (
+                "path without trust domain",
+                "spiffe:///path",
+                MissingTrustDomain,
+            ),
+            (
+                "upper case trust domain",
+                "spiffe://Example.org",
+                BadTrustDomainChar { found: 'E' },
+            ),
+            (
+                "port",
+                "spiffe://example.org:8080/a",
+                BadTrustDomainChar { found: ':' },
+            ),
+            (
+                "user info",
+                "spiffe://user@example.org",
+                BadTrustDomainChar { found: '@' },
+            ),
+            (
+                "query after trust domain",
+                "spiffe://example.org?x",
+                BadTrustDomainChar { found: '?' },
+            ),
+            (
+                "fragment after trust domain",
+                "spiffe://example.org#x",
+                BadTrustDomainChar { found: '#' },
+            ),
+            (
+                "space in trust domain",
+                "spiffe://exa mple.org",
+                BadTrustDomainChar { found: ' ' },
+            ),
+            (
+                "non-ASCII trust domain",
+                "spiffe://ex\u{e4}mple.org",
+                BadTrustDomainChar { found: '\u{e4}' },
+            ),
+            (
+                "percent-encoded trust domain",
+                "spiffe://example%2eorg",
+                BadTrustDomainChar { found: '%' },
+            ),
+            (
+                "IPv6 trust domain",
+                "spiffe://[::1]/a",
+                BadTrustDomainChar { found: '[' },
+            ),
+            (
+                "NUL in trust domain",
+                "spiffe://example.org\0/a",
+                BadTrustDomainChar { found: '\0' },
+            ),
+            ("bare slash path", "spiffe://example.org/", TrailingSlash),
+            ("trailing slash", "spiffe://example.org/a/", TrailingSlash),
+            (
+                "leading empty segment",
+                "spiffe://example.org//a",
+                EmptySegment,
+            ),
+            (
+                "inner empty segment",
+                "spiffe://example.org/a//b",
+                EmptySegment,
+            ),
+            ("dot segment", "spiffe://example.org/.", DotSegment),
+            ("dot dot segment", "spiffe://example.org/..", DotSegment),
+            (
+                "inner dot segment",
+                "spiffe://example.org/a/./b",
+                DotSegment,
+            ),
+            (
+                "inner dot dot segment",
+                "spiffe://example.org/a/../b",
+                DotSegment,
+            ),
+            (
+                "space in path",
+                "spiffe://example.org/a b",
+                BadPathChar { found: ' ' },
+            ),
+            (
+                "percent-encoded path",
+                "spiffe://example.org/a%20b",
+                BadPathChar { found: '%' },
+            ),
+            (
+                "query",
+                "spiffe://example.org/a?x=1",
+                BadPathChar { found: '?' },
+            ),
+            (
+                "fragment",
+                "spiffe://example.org/a#f",
+                BadPathChar { found: '#' },
+            ),
+            (
+                "colon in path",
+                "spiffe://example.org/a:b",
+                BadPathChar { found: ':' },
+            ),
+            (
+                "at sign in path",
+                "spiffe://example.org/a@b",
+                BadPathChar { found: '@' },
+            ),
+            (
+                "tilde in path",
+                "spiffe://example.org/a~b",
+                BadPathChar { found: '~' },
+            ),
+            (
+                "plus in path",
+                "spiffe://example.org/a+b",
+                BadPathChar { found: '+' },
+            ),
+            (
+                "backslash in path",
+                "spiffe://example.org/a\\b",
+                BadPathChar { found: '\\' },
+            ),
+            (
+                "newline in path",
+                "spiffe://example.org/a\nb",
+                BadPathChar { found: '\n' },
+            ),
+            (
+                "non-ASCII path",
+                "spiffe://example.org/\u{e4}",
+                BadPathChar { found: '\u{e4}' },
+            ),
+            (
+                "semicolon in path",
+                "spiffe://example.org/a;b",
+                BadPathChar { found: ';' },
+            ),
+        ];
+        for (name, input, expected) in cases {
+            assert_eq!(SpiffeId::parse(input), Err(expected), "case `{name}`");
+        }
+    }
+
+    #[test]
+    fn trust_domain_parses_bare_name_or_id() {
+        assert_eq!(
+            TrustDomain::parse("example.org").unwrap().as_str(),
+            "example.org"
+        );
+        assert_eq!(
+            TrustDomain::parse("spiffe://example.org/a")
+                .unwrap()
+                .as_str(),
+            "example.org"
+        );
+        assert!(TrustDomain::parse("Example.org").is_err());
+        assert!(TrustDomain::parse("").is_err());
+    }
+
+    /// SPIFFE IDs built from the allowed characters only.
+    fn valid_id() -> impl Strategy<Value = String> {
+        let domain = "[a-z0-9._-]{1,40}";
+        let segment = "[a-zA-Z0-9._-]{1,12}".prop_filter("dot segment", |s| s != "." && s != "..");
+        (domain, proptest::collection::vec(segment, 0..6)).prop_map(|(domain, segments)| {
+            let mut id = format!("spiffe://{domain}");
+            for segment in segments {
+                id.push('/');
+                id.push_str(&segment);
+            }
+            id
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(input in ".{0,300}") {
+            let _ = SpiffeId::parse(&input);
+            let _ = TrustDomain::parse(&input);
+        }
+
+        #[test]
+        fn parse_never_panics_after_scheme(rest in "[a-zA-Z0-9./:%?#@_-]{0,80}") {
+            let _ = SpiffeId::parse(&format!("spiffe://{rest}"));
+        }
+
+        #[test]
+        fn parsed_id_prints_back(input in ".{0,120}") {
+            if let Ok(id) = SpiffeId::parse(&input) {
+                prop_assert_eq!(id.to_string(), input);
+            }
+        }
+
+        #[test]
+        fn valid_id_round_trips(input in valid_id()) {
+            let id = SpiffeId::parse(&input).unwrap();
+            prop_assert_eq!(id.as_str(), input.as_str());
+            prop_assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), input);
+        }
     }
 }

@@ -1,6 +1,13 @@
 //! Caller identities: the workload (a SPIFFE ID) and the end user (verified
 //! JWT claims).
 
+pub mod workload;
+pub mod x509;
+pub mod xfcc;
+
+#[cfg(test)]
+pub(crate) mod test_certs;
+
 use std::sync::Arc;
 
 use crate::policy::model::ClaimMapping;

@@ -12,6 +12,7 @@ use super::condition::{self, Condition};
 use super::index::RuleIndex;
 use super::model::{ClaimMapping, Effect, Manifest, Mode, RoleSpec, RuleSpec, TestSpec};
 use super::pattern::{HostPattern, PathPattern, PrincipalPattern};
+use crate::identity::workload::WorkloadPolicy;
 use crate::request::PathOptions;
 
 /// The manifest's file name at the bundle root.
@@ -180,6 +181,7 @@ pub struct Bundle {
     pub rules: Vec<Rule>,
     pub roles: Vec<Role>,
     pub tests: Vec<BundleTest>,
+    pub workloads: WorkloadPolicy,
     pub(crate) index: RuleIndex,
     pub(crate) cel: Arc<cel::Env>,
 }
@@ -218,6 +220,7 @@ impl Bundle {
             },
         };
         check_manifest(&manifest, &mut errors);
+        let workloads = WorkloadPolicy::compile(&manifest.workloads, &mut errors);
 
         let mut rule_specs: Vec<(Arc<str>, RuleSpec)> = Vec::new();
         let mut tests = Vec::new();
@@ -299,6 +302,7 @@ impl Bundle {
             rules,
             roles,
             tests,
+            workloads,
             index,
             cel,
         })

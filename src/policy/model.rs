@@ -28,6 +28,8 @@ pub struct Manifest {
     pub claims: ClaimMapping,
     #[serde(default)]
     pub roles: Vec<RoleSpec>,
+    #[serde(default)]
+    pub workloads: WorkloadSpec,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -54,6 +56,38 @@ impl Default for ClaimMapping {
             tenant: Some("tenant".to_owned()),
         }
     }
+}
+
+/// Workload identity settings: the trusted trust domains with their trust
+/// bundles, and whether `x-forwarded-client-cert` is read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Trust domains whose workloads are accepted. Empty accepts any trust
+    /// domain and leaves certificate chains to Envoy.
+    #[serde(default)]
+    pub trust_domains: Vec<TrustDomainSpec>,
+    /// Read the client identity from `x-forwarded-client-cert`. Off by
+    /// default, which ignores the header, because any client can send it
+    /// unless every proxy before authzd sanitizes it.
+    #[serde(default)]
+    pub trust_forwarded_client_cert: bool,
+}
+
+/// A trusted trust domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainSpec {
+    /// The bare trust domain name, such as `example.org`.
+    pub name: String,
+    /// The trust bundle: CA certificates in PEM that certificate chains of
+    /// this trust domain must lead to.
+    pub ca_pem: Option<String>,
+    /// Accept this trust domain's certificates without chain verification
+    /// when it has no `ca_pem`, which overrides the default of rejecting
+    /// them. Envoy's own TLS validation is then the only chain check.
+    #[serde(default)]
+    pub allow_unverified_certificates: bool,
 }
 
 /// A role and who holds it. A caller holds the role when any binding matches.
