@@ -133,14 +133,14 @@ fn map_error(kind: &ErrorKind) -> TokenError {
         ErrorKind::ImmatureSignature => TokenError::NotYetValid,
         ErrorKind::InvalidAudience => TokenError::InvalidAudience,
         ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
-        ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
-            match claim.as_str() {
-                "exp" => TokenError::MissingExpiry,
-                "iss" => TokenError::MissingIssuer,
-                "aud" => TokenError::InvalidAudience,
-                _ => TokenError::InvalidClaim,
-            }
-        }
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" => TokenError::MissingExpiry,
+            "iss" => TokenError::MissingIssuer,
+            "aud" => TokenError::InvalidAudience,
+            _ => TokenError::InvalidClaim,
+        },
+        ErrorKind::InvalidClaimFormat(claim) if claim == "aud" => TokenError::InvalidAudience,
+        ErrorKind::InvalidClaimFormat(_) => TokenError::InvalidClaim,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::MissingAlgorithm
