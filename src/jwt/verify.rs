@@ -153,9 +153,9 @@ fn map_error(kind: &ErrorKind) -> TokenError {
     }
 }
 
-/// Checks what `jsonwebtoken` leaves open and returns `exp`. `exp`, `nbf`,
-/// `iss` and `aud` were already checked by `jsonwebtoken`; `aud` is checked
-/// again here so that only a string or an array of strings is accepted.
+/// Checks the claims `jsonwebtoken` leaves open (`iat`, `sub`) and returns
+/// `exp`. It checks `aud` again, so that only a string or an array of
+/// strings naming an accepted audience passes.
 fn check_claims(
     claims: &serde_json::Map<String, serde_json::Value>,
     provider: &Provider,

@@ -132,7 +132,7 @@ pub fn claims() -> serde_json::Value {
     })
 }
 
-/// A value unique to each call, so tokens differ and miss the cache.
+/// Returns a value unique to each call, so tokens differ and miss the cache.
 pub fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -272,7 +272,7 @@ pub async fn start(bundle: Bundle) -> Server {
     }
 }
 
-/// A Check for `GET path` on `shop.example.org` with the given headers.
+/// Builds a Check for `GET path` on `shop.example.org` with the given headers.
 pub fn request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     let headers: HashMap<String, String> = headers
         .iter()
