@@ -24,7 +24,11 @@ fn verify(c: &mut Criterion) {
         request(ORDERS, &[("authorization", &value)])
     };
     let assert_verified = |outcome: &authzd::jwt::Authentication| {
-        assert!(matches!(outcome.user, UserSource::Verified(_)), "{:?}", outcome.user);
+        assert!(
+            matches!(outcome.user, UserSource::Verified(_)),
+            "{:?}",
+            outcome.user
+        );
     };
 
     let cached = check_for(&sign(&keys.k1, &claims()));
@@ -33,7 +37,11 @@ fn verify(c: &mut Criterion) {
         b.iter(|| black_box(verifier.authenticate(&bundle, black_box(&cached))))
     });
 
-    for (name, key) in [("rs256", &keys.k1), ("es256", &keys.e1), ("eddsa", &keys.d1)] {
+    for (name, key) in [
+        ("rs256", &keys.k1),
+        ("es256", &keys.e1),
+        ("eddsa", &keys.d1),
+    ] {
         assert_verified(&verifier.authenticate(&bundle, &check_for(&sign(key, &claims()))));
         c.bench_function(&format!("jwt/uncached_{name}"), |b| {
             b.iter_batched(

@@ -19,7 +19,11 @@ fn assert_rejected(outcome: &Outcome, reason: &str, case: &str) {
     assert_eq!(outcome.body["reason"], "invalid_token", "{case}");
     assert_eq!(outcome.detail, reason, "{case}");
     assert_eq!(outcome.metadata_detail, reason, "{case}");
-    let challenge = outcome.headers.get("www-authenticate").cloned().unwrap_or_default();
+    let challenge = outcome
+        .headers
+        .get("www-authenticate")
+        .cloned()
+        .unwrap_or_default();
     assert!(
         challenge.starts_with("Bearer error=\"invalid_token\""),
         "{case}: {challenge}"
@@ -34,8 +38,15 @@ async fn valid_tokens_allowed() {
     for key in [&keys.k1, &keys.e1, &keys.d1] {
         let outcome = server.check_token(&sign(key, &claims())).await;
         assert!(outcome.allowed(), "{}: {outcome:?}", key.kid);
-        assert_eq!(outcome.headers.get("x-authz-subject").map(String::as_str), Some("alice"));
-        assert!(outcome.removed.contains(&"authorization".to_owned()), "{:?}", outcome.removed);
+        assert_eq!(
+            outcome.headers.get("x-authz-subject").map(String::as_str),
+            Some("alice")
+        );
+        assert!(
+            outcome.removed.contains(&"authorization".to_owned()),
+            "{:?}",
+            outcome.removed
+        );
     }
 }
 
@@ -47,14 +58,22 @@ async fn cached_token_allowed_again() {
     assert_eq!(server.verifier.cached_tokens(), 1);
     let again = server.check_token(&token).await;
     assert!(again.allowed(), "{again:?}");
-    assert_eq!(again.headers.get("x-authz-subject").map(String::as_str), Some("alice"));
+    assert_eq!(
+        again.headers.get("x-authz-subject").map(String::as_str),
+        Some("alice")
+    );
 }
 
 #[tokio::test]
 async fn missing_token_is_anonymous() {
     let (mut server, _dir) = fixture().await;
     assert!(server.check("/public/a", &[]).await.allowed());
-    assert!(server.check("/public/a", &[("authorization", "Basic dXNlcjpwdw==")]).await.allowed());
+    assert!(
+        server
+            .check("/public/a", &[("authorization", "Basic dXNlcjpwdw==")])
+            .await
+            .allowed()
+    );
     let orders = server.check(ORDERS, &[]).await;
     assert_eq!(orders.status, 403, "{orders:?}");
     assert_eq!(orders.body["reason"], "no_matching_rule");
@@ -64,7 +83,9 @@ async fn missing_token_is_anonymous() {
 async fn invalid_token_denied_on_public_path() {
     let (mut server, _dir) = fixture().await;
     let value = format!("Bearer {}", sign(&keys().k9, &claims()));
-    let outcome = server.check("/public/a", &[("authorization", &value)]).await;
+    let outcome = server
+        .check("/public/a", &[("authorization", &value)])
+        .await;
     assert_rejected(&outcome, "unknown_key", "public path");
 }
 
@@ -124,7 +145,11 @@ async fn alg_none_and_key_confusion() {
     let (mut server, _dir) = fixture().await;
     let keys = keys();
     let body = URL_SAFE.encode(claims().to_string());
-    let signature = sign(&keys.k1, &claims()).rsplit('.').next().unwrap_or("").to_owned();
+    let signature = sign(&keys.k1, &claims())
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .to_owned();
 
     for alg in ["none", "None", "NONE"] {
         let header = URL_SAFE.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
@@ -151,19 +176,50 @@ async fn alg_none_and_key_confusion() {
     let header = json!({"alg": "HS256", "typ": "JWT"});
     let key = jsonwebtoken::EncodingKey::from_secret(&keys.k1.public_pem).expect("HMAC key");
     let token = sign_raw(&header, &claims(), &key, jsonwebtoken::Algorithm::HS256);
-    assert_rejected(&server.check_token(&token).await, "algorithm_not_allowed", "HS256 no kid");
+    assert_rejected(
+        &server.check_token(&token).await,
+        "algorithm_not_allowed",
+        "HS256 no kid",
+    );
 
     let header = json!({"alg": "RS256", "kid": "e1"});
-    let token = sign_raw(&header, &claims(), &keys.k1.encoding, jsonwebtoken::Algorithm::RS256);
-    assert_rejected(&server.check_token(&token).await, "key_type_mismatch", "RS256 with e1");
+    let token = sign_raw(
+        &header,
+        &claims(),
+        &keys.k1.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    );
+    assert_rejected(
+        &server.check_token(&token).await,
+        "key_type_mismatch",
+        "RS256 with e1",
+    );
 
     let header = json!({"typ": "JWT", "kid": "k1"});
-    let token = sign_raw(&header, &claims(), &keys.k1.encoding, jsonwebtoken::Algorithm::RS256);
-    assert_rejected(&server.check_token(&token).await, "missing_algorithm", "no alg");
+    let token = sign_raw(
+        &header,
+        &claims(),
+        &keys.k1.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    );
+    assert_rejected(
+        &server.check_token(&token).await,
+        "missing_algorithm",
+        "no alg",
+    );
 
     let header = json!({"alg": "PS256", "kid": "k1"});
-    let token = sign_raw(&header, &claims(), &keys.k1.encoding, jsonwebtoken::Algorithm::PS256);
-    assert_rejected(&server.check_token(&token).await, "algorithm_not_allowed", "PS256");
+    let token = sign_raw(
+        &header,
+        &claims(),
+        &keys.k1.encoding,
+        jsonwebtoken::Algorithm::PS256,
+    );
+    assert_rejected(
+        &server.check_token(&token).await,
+        "algorithm_not_allowed",
+        "PS256",
+    );
 }
 
 #[tokio::test]
@@ -179,7 +235,12 @@ async fn crit_headers_rejected() {
         json!({"alg": "RS256", "kid": "k1", "crit": [null]}),
     ];
     for header in cases {
-        let token = sign_raw(&header, &claims(), &k1.encoding, jsonwebtoken::Algorithm::RS256);
+        let token = sign_raw(
+            &header,
+            &claims(),
+            &k1.encoding,
+            jsonwebtoken::Algorithm::RS256,
+        );
         let outcome = server.check_token(&token).await;
         assert_rejected(&outcome, "crit_not_supported", &header.to_string());
     }
@@ -194,23 +255,41 @@ async fn key_selection() {
     anonymous_k9.as_object_mut().map(|k| k.remove("kid"));
     let document = json!({"keys": [keys.k1.jwk, keys.e1.jwk, anonymous_k9]}).to_string();
     let manifest = manifest("r1", "        file: keys.json");
-    let bundle = write_bundle(dir.path(), &manifest, &[("keys.json", document)])
-        .expect("bundle compiles");
+    let bundle =
+        write_bundle(dir.path(), &manifest, &[("keys.json", document)]).expect("bundle compiles");
     let mut server = start(bundle).await;
 
     let token = sign(&keys.k9, &claims());
-    assert_rejected(&server.check_token(&token).await, "unknown_key", "k9 by kid");
+    assert_rejected(
+        &server.check_token(&token).await,
+        "unknown_key",
+        "k9 by kid",
+    );
 
     // Without `kid`, each RS256 key is tried: k9 (listed last) verifies.
     let header = json!({"alg": "RS256", "typ": "JWT"});
-    let token = sign_raw(&header, &claims(), &keys.k9.encoding, jsonwebtoken::Algorithm::RS256);
+    let token = sign_raw(
+        &header,
+        &claims(),
+        &keys.k9.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    );
     let outcome = server.check_token(&token).await;
     assert!(outcome.allowed(), "{outcome:?}");
 
     // Without `kid`, a key that no listed key verifies is rejected.
     let other = rsa_key("other");
-    let token = sign_raw(&header, &claims(), &other.encoding, jsonwebtoken::Algorithm::RS256);
-    assert_rejected(&server.check_token(&token).await, "invalid_signature", "no kid, no key");
+    let token = sign_raw(
+        &header,
+        &claims(),
+        &other.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    );
+    assert_rejected(
+        &server.check_token(&token).await,
+        "invalid_signature",
+        "no kid, no key",
+    );
 
     // Key-bearing headers are rejected and never fetched.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -223,11 +302,19 @@ async fn key_selection() {
         json!({"alg": "RS256", "jwk": other.jwk}),
     ];
     for header in cases {
-        let token = sign_raw(&header, &claims(), &other.encoding, jsonwebtoken::Algorithm::RS256);
+        let token = sign_raw(
+            &header,
+            &claims(),
+            &other.encoding,
+            jsonwebtoken::Algorithm::RS256,
+        );
         let outcome = server.check_token(&token).await;
         assert_rejected(&outcome, "untrusted_key_header", &header.to_string());
     }
-    assert!(listener.accept().is_err(), "a token header caused an outbound fetch");
+    assert!(
+        listener.accept().is_err(),
+        "a token header caused an outbound fetch"
+    );
 }
 
 #[tokio::test]
@@ -240,23 +327,47 @@ async fn signature_and_time_rejected() {
     let other = sign(&keys.k1, &claims());
     let (_, foreign_signature) = other.rsplit_once('.').unwrap_or_default();
     let swapped = format!("{message}.{foreign_signature}");
-    assert_rejected(&server.check_token(&swapped).await, "invalid_signature", "swapped signature");
+    assert_rejected(
+        &server.check_token(&swapped).await,
+        "invalid_signature",
+        "swapped signature",
+    );
 
     let mut tampered = claims();
     tampered["tenant"] = json!("globex");
     let header = token.split('.').next().unwrap_or_default();
-    let forged = format!("{header}.{}.{}", URL_SAFE.encode(tampered.to_string()), token.rsplit('.').next().unwrap_or_default());
-    assert_rejected(&server.check_token(&forged).await, "invalid_signature", "tampered claims");
+    let forged = format!(
+        "{header}.{}.{}",
+        URL_SAFE.encode(tampered.to_string()),
+        token.rsplit('.').next().unwrap_or_default()
+    );
+    assert_rejected(
+        &server.check_token(&forged).await,
+        "invalid_signature",
+        "tampered claims",
+    );
 
     let cases = [
         ("expired", json!({"exp": now() - 120}), "expired"),
-        ("not yet valid", json!({"nbf": now() + 120}), "not_yet_valid"),
-        ("issued in future", json!({"iat": now() + 120}), "issued_in_future"),
+        (
+            "not yet valid",
+            json!({"nbf": now() + 120}),
+            "not_yet_valid",
+        ),
+        (
+            "issued in future",
+            json!({"iat": now() + 120}),
+            "issued_in_future",
+        ),
         ("no exp", json!({"exp": null}), "missing_expiry"),
         ("exp text", json!({"exp": "tomorrow"}), "invalid_claim"),
         ("iat text", json!({"iat": "now"}), "invalid_claim"),
         ("sub number", json!({"sub": 7}), "invalid_claim"),
-        ("wrong issuer", json!({"iss": "https://evil.example.org"}), "unknown_issuer"),
+        (
+            "wrong issuer",
+            json!({"iss": "https://evil.example.org"}),
+            "unknown_issuer",
+        ),
         ("issuer list", json!({"iss": [ISSUER]}), "missing_issuer"),
         ("no issuer", json!({"iss": null}), "missing_issuer"),
     ];
@@ -288,19 +399,52 @@ async fn malformed_tokens_rejected() {
     let token = sign(&keys().k1, &claims());
     let parts: Vec<&str> = token.split('.').collect();
     let cases = [
-        ("two segments", format!("{}.{}", parts[0], parts[1]), "malformed_token"),
-        ("five segments", format!("{token}.a.b"), "malformed_token"),
-        ("padding", format!("{}=.{}.{}", parts[0], parts[1], parts[2]), "malformed_base64"),
-        ("standard alphabet", format!("{}.{}+/.{}", parts[0], parts[1], parts[2]), "malformed_base64"),
-        ("header not json", format!("{}.{}.{}", URL_SAFE.encode("alg"), parts[1], parts[2]), "malformed_json"),
-        ("claims not json", format!("{}.{}.{}", parts[0], URL_SAFE.encode("[1,2"), parts[2]), "malformed_json"),
-        ("claims array", format!("{}.{}.{}", parts[0], URL_SAFE.encode("[]"), parts[2]), "malformed_json"),
         (
-            "duplicate alg",
-            format!("{}.{}.{}", URL_SAFE.encode(r#"{"alg":"RS256","alg":"none","kid":"k1"}"#), parts[1], parts[2]),
+            "two segments",
+            format!("{}.{}", parts[0], parts[1]),
+            "malformed_token",
+        ),
+        ("five segments", format!("{token}.a.b"), "malformed_token"),
+        (
+            "padding",
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+            "malformed_base64",
+        ),
+        (
+            "standard alphabet",
+            format!("{}.{}+/.{}", parts[0], parts[1], parts[2]),
+            "malformed_base64",
+        ),
+        (
+            "header not json",
+            format!("{}.{}.{}", URL_SAFE.encode("alg"), parts[1], parts[2]),
             "malformed_json",
         ),
-        ("space inside", format!("{} {}", parts[0], parts[1]), "malformed_token"),
+        (
+            "claims not json",
+            format!("{}.{}.{}", parts[0], URL_SAFE.encode("[1,2"), parts[2]),
+            "malformed_json",
+        ),
+        (
+            "claims array",
+            format!("{}.{}.{}", parts[0], URL_SAFE.encode("[]"), parts[2]),
+            "malformed_json",
+        ),
+        (
+            "duplicate alg",
+            format!(
+                "{}.{}.{}",
+                URL_SAFE.encode(r#"{"alg":"RS256","alg":"none","kid":"k1"}"#),
+                parts[1],
+                parts[2]
+            ),
+            "malformed_json",
+        ),
+        (
+            "space inside",
+            format!("{} {}", parts[0], parts[1]),
+            "malformed_token",
+        ),
     ];
     for (case, token, reason) in cases {
         let outcome = server.check_token(&token).await;
@@ -314,7 +458,11 @@ async fn oversized_token_rejected() {
     let mut claims = claims();
     claims["padding"] = json!("x".repeat(9 * 1024));
     let token = sign(&keys().k1, &claims);
-    assert_rejected(&server.check_token(&token).await, "token_too_large", "9 KiB");
+    assert_rejected(
+        &server.check_token(&token).await,
+        "token_too_large",
+        "9 KiB",
+    );
 }
 
 #[tokio::test]
@@ -334,9 +482,17 @@ async fn header_lines_joined_rejected() {
         ..Default::default()
     };
     http.header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
-        headers: vec![line(format!("Bearer {token}")), line(format!("Bearer {token}"))],
+        headers: vec![
+            line(format!("Bearer {token}")),
+            line(format!("Bearer {token}")),
+        ],
     });
-    let response = server.client.check(check).await.expect("CheckResponse").into_inner();
+    let response = server
+        .client
+        .check(check)
+        .await
+        .expect("CheckResponse")
+        .into_inner();
     assert_rejected(&outcome(&response), "multiple_tokens", "two header lines");
 }
 
@@ -349,18 +505,24 @@ async fn forward_keeps_credential() {
         "      leeway_seconds: 60\n",
         "      leeway_seconds: 60\n      forward: true\n      from: {header: x-user-token}\n",
     );
-    let bundle = write_bundle(dir.path(), &manifest, &[("keys.json", document)])
-        .expect("bundle compiles");
+    let bundle =
+        write_bundle(dir.path(), &manifest, &[("keys.json", document)]).expect("bundle compiles");
     let mut server = start(bundle).await;
 
     let token = sign(&keys.k1, &claims());
     let outcome = server.check(ORDERS, &[("x-user-token", &token)]).await;
     assert!(outcome.allowed(), "{outcome:?}");
-    assert!(!outcome.removed.contains(&"x-user-token".to_owned()), "{:?}", outcome.removed);
+    assert!(
+        !outcome.removed.contains(&"x-user-token".to_owned()),
+        "{:?}",
+        outcome.removed
+    );
 
     // `authorization` is not read by this provider: its token is ignored.
     let bearer = format!("Bearer {}", sign(&keys.k9, &claims()));
-    let outcome = server.check("/public/a", &[("authorization", &bearer)]).await;
+    let outcome = server
+        .check("/public/a", &[("authorization", &bearer)])
+        .await;
     assert!(outcome.allowed(), "{outcome:?}");
 }
 
@@ -378,11 +540,31 @@ fn bundle_errors_named() {
     assert!(error.contains("two keys have the `kid` `k1`"), "{error}");
 
     let cases = [
-        ("algorithms: [RS256, ES256, EdDSA]", "algorithms: [HS256]", "algorithm `HS256` is not allowed"),
-        ("algorithms: [RS256, ES256, EdDSA]", "algorithms: [none]", "unknown algorithm `none`"),
-        ("leeway_seconds: 60", "leeway_seconds: 3600", "`leeway_seconds` is 3600"),
-        ("        file: keys.json", "        url: http://keys.example.org/jwks", "uses plain http to a remote host"),
-        ("        file: keys.json", "        file: missing.json", "`jwks.file` `missing.json` is not"),
+        (
+            "algorithms: [RS256, ES256, EdDSA]",
+            "algorithms: [HS256]",
+            "algorithm `HS256` is not allowed",
+        ),
+        (
+            "algorithms: [RS256, ES256, EdDSA]",
+            "algorithms: [none]",
+            "unknown algorithm `none`",
+        ),
+        (
+            "leeway_seconds: 60",
+            "leeway_seconds: 3600",
+            "`leeway_seconds` is 3600",
+        ),
+        (
+            "        file: keys.json",
+            "        url: http://keys.example.org/jwks",
+            "uses plain http to a remote host",
+        ),
+        (
+            "        file: keys.json",
+            "        file: missing.json",
+            "`jwks.file` `missing.json` is not",
+        ),
     ];
     let good = jwks(&[&keys.k1]).to_string();
     for (from, to, expected) in cases {

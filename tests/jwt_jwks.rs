@@ -19,7 +19,9 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(document: serde_json::Value) -> JwksServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}/jwks", listener.local_addr().expect("address"));
         let document = Arc::new(Mutex::new(document.to_string()));
         let served = document.clone();
@@ -48,7 +50,11 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { url, document, task }
+        JwksServer {
+            url,
+            document,
+            task,
+        }
     }
 
     fn serve(&self, document: serde_json::Value) {
@@ -77,7 +83,10 @@ async fn wait_for_status(server: &Server, ready: impl Fn(&KeyStatus) -> bool) ->
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("key status never reached the expected state: {:?}", server.verifier.key_status());
+    panic!(
+        "key status never reached the expected state: {:?}",
+        server.verifier.key_status()
+    );
 }
 
 /// Sends `token` until it is allowed, for at most 20 s.
@@ -179,15 +188,21 @@ async fn bundle_swap_keeps_keys_and_cache() {
 
     // A changed audience list empties the cache for the provider.
     let changed = tempfile::tempdir().expect("temporary directory");
-    let manifest = remote_manifest("r3", &jwks.url, refresh)
-        .replace("audiences: [orders-api]", "audiences: [orders-api, billing-api]");
+    let manifest = remote_manifest("r3", &jwks.url, refresh).replace(
+        "audiences: [orders-api]",
+        "audiences: [orders-api, billing-api]",
+    );
     let bundle = write_bundle(changed.path(), &manifest, &[]).expect("bundle compiles");
     server.store.activate(Arc::new(bundle));
     let outcome = server.check_token(&token).await;
     assert!(outcome.allowed(), "{outcome:?}");
     let after = server.verifier.key_status();
     assert_eq!(after.first().map(|s| s.fetches), Some(before.fetches));
-    assert_eq!(server.verifier.cached_tokens(), 1, "only the re-verified token is cached");
+    assert_eq!(
+        server.verifier.cached_tokens(),
+        1,
+        "only the re-verified token is cached"
+    );
     drop(jwks);
 }
 

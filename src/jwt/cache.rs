@@ -93,16 +93,25 @@ impl TokenCache {
     /// Returns the entry for `key` if it is still valid at `now` and passes
     /// `current`, which checks that its provider and key generation are still
     /// in use. A stale entry is removed.
-    pub fn get(&self, key: &TokenDigest, now: u64, current: impl Fn(&Entry) -> bool) -> Option<Entry> {
+    pub fn get(
+        &self,
+        key: &TokenDigest,
+        now: u64,
+        current: impl Fn(&Entry) -> bool,
+    ) -> Option<Entry> {
         let shard = self.shard(key);
         {
-            let map = shard.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let map = shard
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let entry = map.get(key)?;
             if now < entry.expires_at && current(entry) {
                 return Some(entry.clone());
             }
         }
-        let mut map = shard.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = shard
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.remove(key);
         None
     }
@@ -131,7 +140,9 @@ impl TokenCache {
     /// Drops every entry of a provider runtime.
     pub fn remove_provider(&self, provider: u64) {
         for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = shard
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             map.retain(|_, e| e.provider != provider);
         }
     }
@@ -139,7 +150,11 @@ impl TokenCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len())
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .len()
+            })
             .sum()
     }
 

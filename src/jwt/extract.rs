@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn bearer_without_token_is_absent_scheme_only() {
         // `Bearer` alone has no space after the scheme once trimmed.
-        assert_eq!(extract("Bearer", Some("Bearer"), MAX), Ok(Extracted::Absent));
+        assert_eq!(
+            extract("Bearer", Some("Bearer"), MAX),
+            Ok(Extracted::Absent)
+        );
     }
 
     #[test]
@@ -114,6 +117,9 @@ mod tests {
     #[test]
     fn long_token_rejected() {
         let value = format!("Bearer {}", "a".repeat(MAX + 1));
-        assert_eq!(extract(&value, Some("Bearer"), MAX), Err(TokenError::TokenTooLarge));
+        assert_eq!(
+            extract(&value, Some("Bearer"), MAX),
+            Err(TokenError::TokenTooLarge)
+        );
     }
 }

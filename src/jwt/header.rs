@@ -24,7 +24,10 @@ pub struct Segments<'a> {
 impl fmt::Debug for Segments<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Segments")
-            .field("bytes", &(self.header.len() + self.claims.len() + self.signature.len() + 2))
+            .field(
+                "bytes",
+                &(self.header.len() + self.claims.len() + self.signature.len() + 2),
+            )
             .finish()
     }
 }
@@ -89,7 +92,10 @@ pub fn parse_header(segment: &str) -> Result<JoseHeader, TokenError> {
     if object.contains_key("crit") {
         return Err(TokenError::CritNotSupported);
     }
-    if KEY_REFERENCE_MEMBERS.iter().any(|m| object.contains_key(*m)) {
+    if KEY_REFERENCE_MEMBERS
+        .iter()
+        .any(|m| object.contains_key(*m))
+    {
         return Err(TokenError::UntrustedKeyHeader);
     }
     if UNSUPPORTED_MEMBERS.iter().any(|m| object.contains_key(*m)) {
@@ -107,7 +113,9 @@ pub fn parse_header(segment: &str) -> Result<JoseHeader, TokenError> {
 /// Parses a JSON object whose top-level members are unique. `serde_json`
 /// keeps the last of two equal names, so `{"alg":"RS256","alg":"none"}`
 /// would mean different things to different readers; it is rejected.
-pub fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
+pub fn parse_object(
+    bytes: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
     serde_json::from_slice::<StrictObject>(bytes)
         .map(|object| object.0)
         .map_err(|_| TokenError::MalformedJson)
@@ -166,17 +174,47 @@ mod tests {
             (r#"{"typ":"JWT"}"#, TokenError::MissingAlgorithm),
             (r#"{"alg":"XS256"}"#, TokenError::UnsupportedAlgorithm),
             (r#"{"alg":256}"#, TokenError::UnsupportedAlgorithm),
-            (r#"{"alg":"RS256","crit":["x-bind"],"x-bind":1}"#, TokenError::CritNotSupported),
-            (r#"{"alg":"RS256","crit":["x-bind"]}"#, TokenError::CritNotSupported),
+            (
+                r#"{"alg":"RS256","crit":["x-bind"],"x-bind":1}"#,
+                TokenError::CritNotSupported,
+            ),
+            (
+                r#"{"alg":"RS256","crit":["x-bind"]}"#,
+                TokenError::CritNotSupported,
+            ),
             (r#"{"alg":"RS256","crit":[]}"#, TokenError::CritNotSupported),
-            (r#"{"alg":"RS256","crit":"x-bind"}"#, TokenError::CritNotSupported),
-            (r#"{"alg":"RS256","crit":["alg"]}"#, TokenError::CritNotSupported),
-            (r#"{"alg":"RS256","crit":[null]}"#, TokenError::CritNotSupported),
-            (r#"{"alg":"RS256","jku":"http://127.0.0.1/"}"#, TokenError::UntrustedKeyHeader),
-            (r#"{"alg":"RS256","x5u":"http://127.0.0.1/"}"#, TokenError::UntrustedKeyHeader),
-            (r#"{"alg":"RS256","x5c":["MIIB"]}"#, TokenError::UntrustedKeyHeader),
-            (r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#, TokenError::UntrustedKeyHeader),
-            (r#"{"alg":"RS256","b64":false}"#, TokenError::UnsupportedHeader),
+            (
+                r#"{"alg":"RS256","crit":"x-bind"}"#,
+                TokenError::CritNotSupported,
+            ),
+            (
+                r#"{"alg":"RS256","crit":["alg"]}"#,
+                TokenError::CritNotSupported,
+            ),
+            (
+                r#"{"alg":"RS256","crit":[null]}"#,
+                TokenError::CritNotSupported,
+            ),
+            (
+                r#"{"alg":"RS256","jku":"http://127.0.0.1/"}"#,
+                TokenError::UntrustedKeyHeader,
+            ),
+            (
+                r#"{"alg":"RS256","x5u":"http://127.0.0.1/"}"#,
+                TokenError::UntrustedKeyHeader,
+            ),
+            (
+                r#"{"alg":"RS256","x5c":["MIIB"]}"#,
+                TokenError::UntrustedKeyHeader,
+            ),
+            (
+                r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#,
+                TokenError::UntrustedKeyHeader,
+            ),
+            (
+                r#"{"alg":"RS256","b64":false}"#,
+                TokenError::UnsupportedHeader,
+            ),
             (r#"{"alg":"RS256","kid":7}"#, TokenError::MalformedToken),
             (r#"{"alg":"RS256","alg":"none"}"#, TokenError::MalformedJson),
             (r#"["alg"]"#, TokenError::MalformedJson),

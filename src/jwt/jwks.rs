@@ -227,7 +227,8 @@ fn parse_key(entry: &serde_json::Value, kid: Option<String>) -> Result<Key, Stri
         (Some(kty), crv) => {
             return Err(format!(
                 "unsupported key type `{kty}`{}",
-                crv.map(|c| format!(" with curve `{c}`")).unwrap_or_default()
+                crv.map(|c| format!(" with curve `{c}`"))
+                    .unwrap_or_default()
             ));
         }
         (None, _) => return Err("missing `kty`".to_owned()),
@@ -306,7 +307,8 @@ mod tests {
     fn declared_alg_pins_key() {
         let mut jwk = rsa_jwk("k1");
         jwk["alg"] = "PS256".into();
-        let parsed = KeySet::parse(serde_json::json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
+        let parsed =
+            KeySet::parse(serde_json::json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
         let key = parsed.keys.by_kid("k1").unwrap();
         assert!(key.fits(Algorithm::PS256));
         assert!(!key.fits(Algorithm::RS256));

@@ -125,7 +125,11 @@ impl KeyStore {
     pub fn status(&self) -> KeyStatus {
         let loaded = self.current.load();
         KeyStatus {
-            url: self.remote.as_ref().map(|r| r.url.clone()).unwrap_or_default(),
+            url: self
+                .remote
+                .as_ref()
+                .map(|r| r.url.clone())
+                .unwrap_or_default(),
             keys: loaded.keys.as_ref().map_or(0, |k| k.len()),
             generation: loaded.generation,
             fetches: self.fetches.load(Ordering::Relaxed),
@@ -294,7 +298,8 @@ async fn fetch(
 pub fn max_age(value: &str) -> Option<u64> {
     value.split(',').find_map(|directive| {
         let directive = directive.trim();
-        if directive.eq_ignore_ascii_case("no-cache") || directive.eq_ignore_ascii_case("no-store") {
+        if directive.eq_ignore_ascii_case("no-cache") || directive.eq_ignore_ascii_case("no-store")
+        {
             return Some(0);
         }
         let (name, seconds) = directive.split_once('=')?;

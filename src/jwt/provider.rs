@@ -131,9 +131,11 @@ impl Providers {
             }
             match compile_provider(provider, claims, files) {
                 Ok(compiled) => providers.push(Arc::new(compiled)),
-                Err(problems) => errors.extend(problems.into_iter().map(|p| {
-                    format!("{context}: jwt provider `{}`: {p}", provider.issuer)
-                })),
+                Err(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("{context}: jwt provider `{}`: {p}", provider.issuer)),
+                ),
             }
         }
 
@@ -218,7 +220,10 @@ fn compile_provider(
     let scheme = match &spec.from.scheme {
         Some(scheme) if scheme.is_empty() => None,
         Some(scheme) => {
-            if !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 problems.push(format!("`from.scheme` `{scheme}` must be one word"));
             }
             Some(scheme.clone())
@@ -238,7 +243,9 @@ fn compile_provider(
         }
     };
     if let JwksSource::Static(keys) = &jwks
-        && !keys.iter().any(|key| algorithms.iter().any(|alg| key.fits(*alg)))
+        && !keys
+            .iter()
+            .any(|key| algorithms.iter().any(|alg| key.fits(*alg)))
     {
         problems.push("no key in the JWKS fits any of the allowed `algorithms`".to_owned());
     }

@@ -249,8 +249,12 @@ impl JwtVerifier {
         }
         self.bindings.store(Arc::new(kept));
 
-        registry.runtimes.retain(|_, runtime| runtime.strong_count() > 0);
-        registry.remote_keys.retain(|_, keys| keys.strong_count() > 0);
+        registry
+            .runtimes
+            .retain(|_, runtime| runtime.strong_count() > 0);
+        registry
+            .remote_keys
+            .retain(|_, keys| keys.strong_count() > 0);
         binding
     }
 

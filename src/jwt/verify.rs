@@ -56,7 +56,11 @@ pub fn verify(
     let Some(keys) = loaded.keys.as_ref() else {
         return Err(TokenError::KeysUnavailable);
     };
-    check_signature(token, &jose, provider, keys, bound)?;
+    check_signature(token, &jose, provider, keys, bound).map_err(|error| match error {
+        // `jsonwebtoken` reports an `exp` it cannot read as missing.
+        TokenError::MissingExpiry if claims.contains_key("exp") => TokenError::InvalidClaim,
+        other => other,
+    })?;
 
     let expires_at = check_claims(&claims, provider, now)?;
     let user = User::from_claims(serde_json::Value::Object(claims), &binding.providers.claims);

@@ -136,7 +136,11 @@ pub fn claims() -> serde_json::Value {
 pub fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Signs `claims` under the JSON `header` with `key` and `alg`.
@@ -209,7 +213,11 @@ pub fn jwks(keys: &[&TestKey]) -> serde_json::Value {
 }
 
 /// Writes a bundle directory and compiles it.
-pub fn write_bundle(dir: &Path, manifest: &str, extra: &[(&str, String)]) -> Result<Bundle, String> {
+pub fn write_bundle(
+    dir: &Path,
+    manifest: &str,
+    extra: &[(&str, String)],
+) -> Result<Bundle, String> {
     std::fs::create_dir_all(dir.join("rules")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("bundle.yaml"), manifest).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("rules/orders.yaml"), RULES).map_err(|e| e.to_string())?;
@@ -252,9 +260,11 @@ pub async fn start(bundle: Bundle) -> Server {
     let store = Arc::new(BundleStore::new());
     store.activate(Arc::new(bundle));
     let verifier = Arc::new(JwtVerifier::default());
-    let service = AuthzService::with_verifier(store.clone(), verifier.clone());
+    let service = AuthzService::new(store.clone()).with_verifier(verifier.clone());
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(authzd::server::serve_tcp_with(listener, service, async {
