@@ -155,21 +155,20 @@ impl JwtVerifier {
                 Ok(Extracted::Token(_)) if found.is_some() => {
                     return Authentication::rejected(TokenError::MultipleTokens);
                 }
-                Ok(Extracted::Token(_)) => found = Some((index, value.clone())),
+                Ok(Extracted::Token(token)) => {
+                    // The token's place in the value, so the value can be
+                    // kept past this iteration without scanning it again.
+                    let start = token.as_ptr() as usize - value.as_ptr() as usize;
+                    found = Some((index, value.clone(), start..start + token.len()));
+                }
                 Err(error) => return Authentication::rejected(error),
             }
         }
-        let Some((location, value)) = found else {
+        let Some((location, value, range)) = found else {
             return Authentication::default();
         };
-        let scheme = binding
-            .providers
-            .locations
-            .get(location)
-            .and_then(|l| l.source.scheme.as_deref());
-        let token = match extract(&value, scheme, usize::MAX) {
-            Ok(Extracted::Token(token)) => token,
-            _ => return Authentication::rejected(TokenError::MalformedToken),
+        let Some(token) = value.get(range) else {
+            return Authentication::rejected(TokenError::MalformedToken);
         };
 
         match self.verify(&binding, location, token) {
