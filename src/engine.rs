@@ -8,6 +8,7 @@ use rustls::pki_types::UnixTime;
 
 use crate::decision::{Decision, Reason};
 use crate::identity::{Identities, User};
+use crate::jwt::TokenError;
 use crate::policy::{Bundle, TraceEntry};
 use crate::request::RequestFacts;
 
@@ -36,6 +37,9 @@ pub enum UserSource {
     Anonymous,
     /// A user already verified, or stated directly by a bundle test.
     Verified(Arc<User>),
+    /// A token was presented and failed verification: the request is denied
+    /// with `invalid_token`, whatever the rules say.
+    Rejected(TokenError),
 }
 
 /// A decision with the identities it was made for.
@@ -77,13 +81,22 @@ pub fn decide(
             return evaluation;
         }
     };
-    let identities = Identities {
-        workload,
-        user: match user {
-            UserSource::Anonymous => None,
-            UserSource::Verified(user) => Some(user.clone()),
-        },
+    let user = match user {
+        UserSource::Anonymous => None,
+        UserSource::Verified(user) => Some(user.clone()),
+        UserSource::Rejected(error) => {
+            let mut decision = Decision::deny(Reason::InvalidToken, bundle.revision.clone());
+            decision.detail = Some(error.as_str().to_owned());
+            return Evaluation {
+                decision,
+                identities: Identities {
+                    workload,
+                    user: None,
+                },
+            };
+        }
     };
+    let identities = Identities { workload, user };
 
     let time = request_time(check).unwrap_or_else(|| chrono::Utc::now().into());
     let decision = bundle.decide_at(&facts, &identities, time, trace);

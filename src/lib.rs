@@ -11,6 +11,7 @@ pub mod decision;
 pub mod decision_log;
 pub mod engine;
 pub mod identity;
+pub mod jwt;
 pub mod metrics;
 pub mod policy;
 pub mod request;

@@ -75,7 +75,7 @@ impl BundleFiles {
                     pending.push((path, format!("{relative}/")));
                     continue;
                 }
-                if !is_yaml(&name) {
+                if !is_yaml(&name) && !is_json(&name) {
                     continue;
                 }
                 total += metadata.len();
@@ -110,6 +110,11 @@ impl BundleFiles {
 
 fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// JSON files are data that the manifest names, such as a JWKS.
+fn is_json(name: &str) -> bool {
+    name.ends_with(".json")
 }
 
 /// A rule file or a test file; a file may hold both lists.
@@ -182,6 +187,8 @@ pub struct Bundle {
     pub roles: Vec<Role>,
     pub tests: Vec<BundleTest>,
     pub workloads: WorkloadPolicy,
+    /// End-user token providers; verified by the server's `JwtVerifier`.
+    pub jwt: Arc<crate::jwt::Providers>,
     pub(crate) index: RuleIndex,
     pub(crate) cel: Arc<cel::Env>,
 }
@@ -221,11 +228,18 @@ impl Bundle {
         };
         check_manifest(&manifest, &mut errors);
         let workloads = WorkloadPolicy::compile(&manifest.workloads, &mut errors);
+        let jwt = crate::jwt::Providers::compile(
+            &manifest.jwt,
+            &manifest.claims,
+            &files.files,
+            MANIFEST_FILE,
+            &mut errors,
+        );
 
         let mut rule_specs: Vec<(Arc<str>, RuleSpec)> = Vec::new();
         let mut tests = Vec::new();
         for (name, bytes) in &files.files {
-            if name == MANIFEST_FILE {
+            if name == MANIFEST_FILE || !is_yaml(name) {
                 continue;
             }
             match serde_yaml_ng::from_slice::<Option<PolicyFile>>(bytes) {
@@ -303,6 +317,7 @@ impl Bundle {
             roles,
             tests,
             workloads,
+            jwt: Arc::new(jwt),
             index,
             cel,
         })

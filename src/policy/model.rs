@@ -30,6 +30,9 @@ pub struct Manifest {
     pub roles: Vec<RoleSpec>,
     #[serde(default)]
     pub workloads: WorkloadSpec,
+    /// Issuers of end-user tokens; without it every request is anonymous.
+    #[serde(default)]
+    pub jwt: crate::jwt::JwtSpec,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

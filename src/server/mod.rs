@@ -15,8 +15,9 @@ use tonic::{Request, Response, Status};
 
 use crate::decision::{Decision, Reason};
 use crate::decision_log::DecisionLog;
-use crate::engine::{self, Evaluation, RequestLimits, UserSource};
+use crate::engine::{self, Evaluation, RequestLimits};
 use crate::identity::Identities;
+use crate::jwt::JwtVerifier;
 use crate::metrics::Metrics;
 use crate::store::BundleStore;
 
@@ -33,6 +34,8 @@ pub struct AuthzService {
     max_in_flight: i64,
     metrics: Arc<Metrics>,
     decision_log: Option<DecisionLog>,
+    /// Outlives bundle swaps, so keys and verified tokens carry over.
+    jwt: Arc<JwtVerifier>,
 }
 
 impl AuthzService {
@@ -43,7 +46,19 @@ impl AuthzService {
             max_in_flight: i64::MAX,
             metrics: Arc::new(Metrics::new()),
             decision_log: None,
+            jwt: Arc::new(JwtVerifier::default()),
         }
+    }
+
+    /// Sets the token verifier, for a caller that keeps it to read its key
+    /// status or to prepare bundles before they are activated.
+    pub fn with_verifier(mut self, jwt: Arc<JwtVerifier>) -> Self {
+        self.jwt = jwt;
+        self
+    }
+
+    pub fn verifier(&self) -> &Arc<JwtVerifier> {
+        &self.jwt
     }
 
     /// Sets the request limits and the most Checks decided at once.
@@ -69,9 +84,11 @@ impl AuthzService {
         let started = Instant::now();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
 
+        let mut authentication = crate::jwt::Authentication::default();
         let evaluation = match self.store.current() {
             Some(bundle) => {
-                engine::decide(&bundle, check, &UserSource::Anonymous, self.limits, None)
+                authentication = self.jwt.authenticate(&bundle, check);
+                engine::decide(&bundle, check, &authentication.user, self.limits, None)
             }
             None => Evaluation {
                 decision: Decision::deny(Reason::NoActiveBundle, "".into()),
@@ -82,7 +99,7 @@ impl AuthzService {
         let context = response::ResponseContext {
             decision_id: &decision_id,
             identities: &evaluation.identities,
-            remove_headers: &[],
+            remove_headers: authentication.remove_headers(),
         };
         let response = response::build(&evaluation.decision, &context);
 
@@ -155,6 +172,7 @@ fn log_decision(evaluation: &Evaluation, request_id: &str, decision_id: &str) {
         .as_ref()
         .map_or("", |u| u.subject.as_str());
     let rule = decision.rule.as_deref().unwrap_or("");
+    let detail = decision.detail.as_deref().unwrap_or("");
 
     if decision.allowed {
         tracing::debug!(
@@ -178,6 +196,7 @@ fn log_decision(evaluation: &Evaluation, request_id: &str, decision_id: &str) {
             revision = &*decision.revision,
             workload,
             subject,
+            detail,
             "check decided"
         );
     }
@@ -210,8 +229,22 @@ pub async fn serve_tcp(
     store: Arc<BundleStore>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let health = run::Health::start(store.clone()).await;
-    let service = AuthzService::new(store);
+    serve_tcp_with(listener, AuthzService::new(store), shutdown).await
+}
+
+/// Serves Check with a service built by the caller, such as one whose token
+/// verifier the caller keeps, until `shutdown` completes.
+pub async fn serve_tcp_with(
+    listener: tokio::net::TcpListener,
+    service: AuthzService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let store = service.store.clone();
+    if let Some(bundle) = store.current() {
+        // Starts fetching remote keys before the first Check arrives.
+        service.jwt.prepare(&bundle);
+    }
+    let health = run::Health::start(store).await;
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "check listener started");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -140,7 +140,7 @@ fn metadata(decision: &Decision, decision_id: &str) -> Struct {
     let text = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
-    let mut fields = HashMap::with_capacity(5);
+    let mut fields = HashMap::with_capacity(6);
     fields.insert("decision".to_owned(), text(decision.decision_str()));
     fields.insert("reason".to_owned(), text(decision.reason.as_str()));
     fields.insert(
@@ -149,5 +149,8 @@ fn metadata(decision: &Decision, decision_id: &str) -> Struct {
     );
     fields.insert("revision".to_owned(), text(&decision.revision));
     fields.insert("decision_id".to_owned(), text(decision_id));
+    if let Some(detail) = &decision.detail {
+        fields.insert("detail".to_owned(), text(detail));
+    }
     Struct { fields }
 }
