@@ -8,7 +8,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -108,7 +111,6 @@ pub struct Metrics {
     pub checks_rejected_overload: Counter,
     jwt_verifications: Family<ResultLabels, Counter>,
     pub jwt_cache_hits: Counter,
-    jwks_refreshes: Family<ResultLabels, Counter>,
     bundle_activations: Family<ResultLabels, Counter>,
     bundle_info: Family<BundleLabels, Gauge>,
     pub decision_logs_dropped: Counter,
@@ -122,7 +124,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_collectors(Vec::new())
+    }
+
+    /// Creates the metrics with extra collectors, which compute their
+    /// values when `/metrics` is read.
+    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("authzd");
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
 
         let check_family = Family::<CheckLabels, Counter>::default();
         registry.register(
@@ -180,12 +191,6 @@ impl Metrics {
             "Bearer tokens answered from the verified-token cache",
             jwt_cache_hits.clone(),
         );
-        let jwks_refreshes = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "jwks_refreshes",
-            "JWKS fetches, by result",
-            jwks_refreshes.clone(),
-        );
 
         let bundle_activations = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -214,7 +219,6 @@ impl Metrics {
             checks_rejected_overload,
             jwt_verifications,
             jwt_cache_hits,
-            jwks_refreshes,
             bundle_activations,
             bundle_info,
             decision_logs_dropped,
@@ -236,12 +240,6 @@ impl Metrics {
     /// Counts a token verification; `result` is `valid` or a token error code.
     pub fn record_jwt(&self, result: &'static str) {
         self.jwt_verifications
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    pub fn record_jwks_refresh(&self, result: &'static str) {
-        self.jwks_refreshes
             .get_or_create(&ResultLabels { result })
             .inc();
     }
@@ -271,5 +269,33 @@ impl Metrics {
             tracing::warn!(%error, "metrics encoding failed");
         }
         text
+    }
+}
+
+/// Exports JWKS fetch counts of the token verifier as
+/// `authzd_jwks_refreshes_total{result}`.
+#[derive(Debug)]
+pub struct JwksCollector(pub Arc<crate::jwt::JwtVerifier>);
+
+impl Collector for JwksCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let statuses = self.0.key_status();
+        let fetches: u64 = statuses.iter().map(|s| s.fetches).sum();
+        let failures: u64 = statuses.iter().map(|s| s.failures).sum();
+
+        let mut family = encoder.encode_descriptor(
+            "jwks_refreshes",
+            "JWKS fetches of remote key sets, by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, value) in [
+            ("success", fetches.saturating_sub(failures)),
+            ("failure", failures),
+        ] {
+            let labels = ResultLabels { result };
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -57,6 +57,8 @@ pub struct Authentication {
     pub user: UserSource,
     /// The provider that verified the token, if one did.
     provider: Option<Arc<BoundProvider>>,
+    /// The token was found in the verified-token cache.
+    pub cache_hit: bool,
 }
 
 impl Authentication {
@@ -71,6 +73,7 @@ impl Authentication {
         Authentication {
             user: UserSource::Rejected(error),
             provider: None,
+            cache_hit: false,
         }
     }
 }
@@ -172,9 +175,10 @@ impl JwtVerifier {
         };
 
         match self.verify(&binding, location, token) {
-            Ok((user, provider)) => Authentication {
+            Ok((user, provider, cache_hit)) => Authentication {
                 user: UserSource::Verified(user),
                 provider: Some(provider),
+                cache_hit,
             },
             Err(error) => Authentication::rejected(error),
         }
@@ -186,7 +190,7 @@ impl JwtVerifier {
         binding: &Binding,
         location: usize,
         token: &str,
-    ) -> Result<(Arc<crate::identity::User>, Arc<BoundProvider>), TokenError> {
+    ) -> Result<(Arc<crate::identity::User>, Arc<BoundProvider>, bool), TokenError> {
         let now = jsonwebtoken::get_current_timestamp();
         let key = cache::digest(token);
         let current = |entry: &Entry| {
@@ -199,7 +203,7 @@ impl JwtVerifier {
                 .providers_at(location)
                 .find(|b| b.id == entry.provider)
         {
-            return Ok((entry.user, provider.clone()));
+            return Ok((entry.user, provider.clone(), true));
         }
 
         let verified = verify::verify(token, binding, location, now)?;
@@ -212,7 +216,7 @@ impl JwtVerifier {
             };
             self.cache.insert(key, entry, now);
         }
-        Ok((verified.user, verified.provider))
+        Ok((verified.user, verified.provider, false))
     }
 
     /// Returns the binding of `providers`, creating it on first use.

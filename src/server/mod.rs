@@ -1,5 +1,6 @@
 //! The gRPC server: Envoy's Authorization service and gRPC health.
 
+pub mod overload;
 pub mod response;
 pub mod run;
 
@@ -31,7 +32,6 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 pub struct AuthzService {
     store: Arc<BundleStore>,
     limits: RequestLimits,
-    max_in_flight: i64,
     metrics: Arc<Metrics>,
     decision_log: Option<DecisionLog>,
     /// Outlives bundle swaps, so keys and verified tokens carry over.
@@ -43,7 +43,6 @@ impl AuthzService {
         AuthzService {
             store,
             limits: RequestLimits::default(),
-            max_in_flight: i64::MAX,
             metrics: Arc::new(Metrics::new()),
             decision_log: None,
             jwt: Arc::new(JwtVerifier::default()),
@@ -61,11 +60,14 @@ impl AuthzService {
         &self.jwt
     }
 
-    /// Sets the request limits and the most Checks decided at once.
-    pub fn with_limits(mut self, limits: RequestLimits, max_in_flight: usize) -> Self {
+    /// Sets the limits a CheckRequest must respect.
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
         self.limits = limits;
-        self.max_in_flight = i64::try_from(max_in_flight).unwrap_or(i64::MAX);
         self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -88,6 +90,7 @@ impl AuthzService {
         let evaluation = match self.store.current() {
             Some(bundle) => {
                 authentication = self.jwt.authenticate(&bundle, check);
+                self.record_authentication(&authentication);
                 engine::decide(&bundle, check, &authentication.user, self.limits, None)
             }
             None => Evaluation {
@@ -106,6 +109,19 @@ impl AuthzService {
         let latency = started.elapsed();
         self.record(&evaluation, check, &decision_id, latency);
         response
+    }
+
+    /// Counts a token verification; an anonymous request counts nothing.
+    fn record_authentication(&self, authentication: &crate::jwt::Authentication) {
+        match &authentication.user {
+            engine::UserSource::Anonymous => {}
+            engine::UserSource::Verified(_) if authentication.cache_hit => {
+                self.metrics.jwt_cache_hits.inc();
+                self.metrics.record_jwt("valid");
+            }
+            engine::UserSource::Verified(_) => self.metrics.record_jwt("valid"),
+            engine::UserSource::Rejected(error) => self.metrics.record_jwt(error.as_str()),
+        }
     }
 
     /// Counts, traces and logs one decision.
@@ -132,28 +148,12 @@ impl AuthzService {
     }
 }
 
-/// Decrements the in-flight gauge when a Check ends, however it ends.
-struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.checks_in_flight.dec();
-    }
-}
-
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let previous = self.metrics.checks_in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
-        if previous >= self.max_in_flight {
-            self.metrics.checks_rejected_overload.inc();
-            return Err(Status::resource_exhausted("too many checks in flight"));
-        }
-
         let check = request.into_inner();
         Ok(Response::new(self.check_now(&check)))
     }

@@ -12,8 +12,9 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 
+use super::overload::InFlightLimit;
 use super::{AuthzService, authorization_service, grpc_server};
-use crate::admin_http::{self, AdminState, NoSections, StatusSection};
+use crate::admin_http::{self, AdminState, StatusSection};
 use crate::config::Config;
 use crate::engine::RequestLimits;
 use crate::metrics::Metrics;
@@ -71,6 +72,37 @@ async fn report_readiness(reporter: &tonic_health::server::HealthReporter, store
         .await;
 }
 
+/// The `jwks` section of `/status`: the fetch state of every key set.
+#[derive(Debug)]
+struct JwksStatus(Arc<crate::jwt::JwtVerifier>);
+
+impl StatusSection for JwksStatus {
+    fn sections(&self) -> serde_json::Map<String, serde_json::Value> {
+        let sets: Vec<serde_json::Value> = self
+            .0
+            .key_status()
+            .into_iter()
+            .map(|status| {
+                serde_json::json!({
+                    "url": status.url,
+                    "keys": status.keys,
+                    "generation": status.generation,
+                    "fetches": status.fetches,
+                    "failures": status.failures,
+                    "consecutive_failures": status.consecutive_failures,
+                })
+            })
+            .collect();
+        let mut sections = serde_json::Map::new();
+        sections.insert("jwks".to_owned(), serde_json::Value::Array(sets));
+        sections.insert(
+            "cached_tokens".to_owned(),
+            serde_json::Value::from(self.0.cached_tokens()),
+        );
+        sections
+    }
+}
+
 /// Things `run` needs besides the configuration.
 pub struct Runtime {
     pub store: Arc<BundleStore>,
@@ -95,7 +127,10 @@ impl Runtime {
     /// Builds the runtime of a configuration: metrics, decision log and the
     /// Check service.
     pub fn new(config: &Config, store: Arc<BundleStore>) -> Result<Runtime, String> {
-        let metrics = Arc::new(Metrics::new());
+        let verifier = Arc::new(crate::jwt::JwtVerifier::default());
+        let metrics = Arc::new(Metrics::with_collectors(vec![Box::new(
+            crate::metrics::JwksCollector(verifier.clone()),
+        )]));
         let (decision_log, decision_log_writer) =
             match crate::decision_log::DecisionLog::start(&config.decision_log, metrics.clone())? {
                 Some((log, writer)) => (Some(log), Some(writer)),
@@ -105,15 +140,20 @@ impl Runtime {
             max_headers: config.limits.max_headers,
             max_header_bytes: config.limits.max_header_bytes,
         };
+        // Keys of remote JWKS are fetched from the start, not on the first Check.
+        if let Some(bundle) = store.current() {
+            verifier.prepare(&bundle);
+        }
         let service = AuthzService::new(store.clone())
-            .with_limits(limits, config.limits.max_in_flight)
+            .with_verifier(verifier.clone())
+            .with_limits(limits)
             .with_metrics(metrics.clone())
             .with_decision_log(decision_log);
         Ok(Runtime {
             store,
             metrics,
             service,
-            status_sections: Arc::new(NoSections),
+            status_sections: Arc::new(JwksStatus(verifier)),
             decision_log_writer,
             on_bound: None,
         })
@@ -142,7 +182,7 @@ pub async fn run(
         bound.check = Some(address);
         let router = grpc_server(per_connection)
             .add_service(health.service())
-            .add_service(authorization_service(runtime.service.clone()));
+            .add_service(limited_service(&runtime, config));
         let signal = wait_for(stopped.clone());
 
         match &config.tls {
@@ -178,7 +218,7 @@ pub async fn run(
         tracing::info!(socket = %path, mode = %socket.mode, "check listener started");
         let router = grpc_server(per_connection)
             .add_service(health.service())
-            .add_service(authorization_service(runtime.service.clone()));
+            .add_service(limited_service(&runtime, config));
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let signal = wait_for(stopped.clone());
         tasks.spawn(async move {
@@ -270,6 +310,22 @@ fn flatten(result: Result<Result<(), String>, tokio::task::JoinError>) -> Result
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// The Check service behind the in-flight limit.
+fn limited_service(
+    runtime: &Runtime,
+    config: &Config,
+) -> InFlightLimit<
+    envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<
+        AuthzService,
+    >,
+> {
+    InFlightLimit::new(
+        authorization_service(runtime.service.clone()),
+        runtime.metrics.clone(),
+        config.limits.max_in_flight,
+    )
 }
 
 /// Binds a Unix socket, replacing a stale socket file left by a process that
