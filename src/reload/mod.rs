@@ -178,13 +178,17 @@ fn shutdown_signal(
     }
 }
 
-/// Formats an error with its causes joined by `: `.
+/// Formats an error with its causes joined by `: `, skipping a cause whose
+/// text the message already contains.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
         cause = inner.source();
     }
     text
