@@ -16,14 +16,19 @@ fn activation(c: &mut Criterion) {
         if rules >= 10_000 {
             group.sample_size(10);
         }
-        group.bench_with_input(BenchmarkId::new("compile_and_test", rules), &files, |b, files| {
-            b.iter(|| {
-                let bundle = Bundle::compile(black_box(files)).expect("generated bundle compiles");
-                let results = testing::run_tests(&bundle);
-                assert!(results.iter().all(|r| r.passed()));
-                black_box(bundle)
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("compile_and_test", rules),
+            &files,
+            |b, files| {
+                b.iter(|| {
+                    let bundle =
+                        Bundle::compile(black_box(files)).expect("generated bundle compiles");
+                    let results = testing::run_tests(&bundle);
+                    assert!(results.iter().all(|r| r.passed()));
+                    black_box(bundle)
+                });
+            },
+        );
     }
     group.finish();
 }

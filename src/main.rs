@@ -183,7 +183,8 @@ async fn run_server(config: Config) -> ExitCode {
             metrics.set_active_bundle(&bundle.name, &bundle.revision, &bundle.digest);
         }
     };
-    let reloader = match authzd::reload::start(&config, store, Some(Arc::new(on_activation))).await {
+    let reloader = match authzd::reload::start(&config, store, Some(Arc::new(on_activation))).await
+    {
         Ok(reloader) => reloader,
         Err(error) => {
             tracing::error!(error, "cannot start bundle delivery");

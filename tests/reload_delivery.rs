@@ -18,7 +18,7 @@ use authzd::reload::http::{HttpSettings, HttpSource};
 use authzd::reload::signature;
 use authzd::spiffe::SpiffeId;
 use ed25519_dalek::SigningKey;
-use reload_support::{WAIT, active_revision, activator, bundle, failing_tests_bundle, wait_for};
+use reload_support::{WAIT, activator, active_revision, bundle, failing_tests_bundle, wait_for};
 use tar::EntryType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,7 +117,10 @@ fn archive_rejects_unsafe_entries() {
         ),
         (
             "duplicate file",
-            raw_archive(&[file("bundle.yaml", MANIFEST), file("./bundle.yaml", MANIFEST)]),
+            raw_archive(&[
+                file("bundle.yaml", MANIFEST),
+                file("./bundle.yaml", MANIFEST),
+            ]),
             "archive holds `bundle.yaml` twice",
         ),
         (
@@ -167,12 +170,24 @@ fn archive_limits_are_enforced() {
     let mut header = tar::Header::new_gnu();
     header.set_size(0);
     header.set_entry_type(EntryType::Regular);
-    builder.append_data(&mut header, &long_name, &b""[..]).unwrap();
+    builder
+        .append_data(&mut header, &long_name, &b""[..])
+        .unwrap();
     let long_name_archive = builder.into_inner().unwrap().finish().unwrap();
 
     let cases: Vec<(&str, Vec<u8>, ArchiveLimits, &str)> = vec![
-        ("unpacked size", big_file, limits, "archive unpacks to more than 1024 bytes"),
-        ("entry count", many, limits, "archive holds more than 3 entries"),
+        (
+            "unpacked size",
+            big_file,
+            limits,
+            "archive unpacks to more than 1024 bytes",
+        ),
+        (
+            "entry count",
+            many,
+            limits,
+            "archive holds more than 3 entries",
+        ),
         (
             "long name",
             long_name_archive,
@@ -227,7 +242,8 @@ struct BundleServer {
 
 impl BundleServer {
     fn publish(&self, files: &BundleFiles, etag: &str) {
-        *self.current.lock().unwrap() = (write_archive(files, None).unwrap(), format!("\"{etag}\""));
+        *self.current.lock().unwrap() =
+            (write_archive(files, None).unwrap(), format!("\"{etag}\""));
     }
 
     async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
@@ -252,7 +268,9 @@ impl BundleServer {
                     .map(|value| value.trim().to_owned());
                 let (body, etag) = server.current.lock().unwrap().clone();
 
-                let response = if if_none_match.as_deref() == Some(etag.to_ascii_lowercase().as_str()) {
+                let response = if if_none_match.as_deref()
+                    == Some(etag.to_ascii_lowercase().as_str())
+                {
                     server.not_modified.fetch_add(1, Ordering::SeqCst);
                     format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").into_bytes()
                 } else {
@@ -298,7 +316,10 @@ async fn http_source_uses_etag() {
     assert!(wait_for(WAIT, || active_revision(&activator) == "http-b").await);
     assert_eq!(server.full.load(Ordering::SeqCst), 2);
     let status = activator.store().status();
-    assert_eq!(status.source, format!("http:http://{address}/bundle.tar.gz"));
+    assert_eq!(
+        status.source,
+        format!("http:http://{address}/bundle.tar.gz")
+    );
 
     source_task.abort();
     server_task.abort();
@@ -321,7 +342,8 @@ async fn unix_socket_push_and_status() {
     let key = SigningKey::from_bytes(&[3; 32]);
     let activator = activator(Some(&key));
     let listener = listen::bind_unix(&path, 0o600).unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     let service = AdminService::new(activator.clone(), Callers::UnixSocket);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -341,11 +363,23 @@ async fn unix_socket_push_and_status() {
         }
     };
 
-    let response = client.push_bundle(push(bundle("unsigned", true), false)).await.unwrap().into_inner();
+    let response = client
+        .push_bundle(push(bundle("unsigned", true), false))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.result(), PushResult::Rejected);
-    assert!(response.errors[0].starts_with("bundle is not signed"), "{:?}", response.errors);
+    assert!(
+        response.errors[0].starts_with("bundle is not signed"),
+        "{:?}",
+        response.errors
+    );
 
-    let response = client.push_bundle(push(failing_tests_bundle("untested"), true)).await.unwrap().into_inner();
+    let response = client
+        .push_bundle(push(failing_tests_bundle("untested"), true))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.result(), PushResult::Rejected);
     assert!(
         response.errors[0].contains("test `probe is decided` failed"),
@@ -353,11 +387,19 @@ async fn unix_socket_push_and_status() {
         response.errors
     );
 
-    let response = client.push_bundle(push(bundle("signed", true), true)).await.unwrap().into_inner();
+    let response = client
+        .push_bundle(push(bundle("signed", true), true))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.result(), PushResult::Activated);
     assert_eq!(response.revision, "signed");
 
-    let status = client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let active = status.active.clone().unwrap();
     assert_eq!(active.revision, "signed");
     assert_eq!(active.source, "push:unix");
@@ -365,9 +407,19 @@ async fn unix_socket_push_and_status() {
     assert_eq!(rejection.source, "push:unix");
     assert!(rejection.errors[0].contains("test `probe is decided` failed"));
     let counts = status.counts.unwrap();
-    assert_eq!((counts.activated, counts.rejected_signature, counts.rejected_tests), (1, 1, 1));
+    assert_eq!(
+        (
+            counts.activated,
+            counts.rejected_signature,
+            counts.rejected_tests
+        ),
+        (1, 1, 1)
+    );
     let printed = authzd::reload::cli::format_status(&status);
-    assert!(printed.contains("active:   probe revision signed"), "{printed}");
+    assert!(
+        printed.contains("active:   probe revision signed"),
+        "{printed}"
+    );
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
@@ -403,7 +455,9 @@ impl Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         let certificate = params.self_signed(&key).unwrap();
         (rcgen::Issuer::new(params, key), certificate.pem())
     }
@@ -417,7 +471,9 @@ impl Pki {
         uri: Option<&str>,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(dns.map(|d| vec![d.to_owned()]).unwrap_or_default()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(dns.map(|d| vec![d.to_owned()]).unwrap_or_default())
+                .unwrap();
         if let Some(uri) = uri {
             params
                 .subject_alt_names
@@ -442,8 +498,12 @@ async fn mtls_allows_only_listed_ids() {
     let (server_cert, server_key) = pki.issue(&pki.ca, "server", Some("localhost"), None);
     let operator_id = "spiffe://example.org/ops/bundle-pusher";
     let (operator_cert, operator_key) = pki.issue(&pki.ca, "operator", None, Some(operator_id));
-    let (intruder_cert, intruder_key) =
-        pki.issue(&pki.ca, "intruder", None, Some("spiffe://example.org/ns/shop/sa/frontend"));
+    let (intruder_cert, intruder_key) = pki.issue(
+        &pki.ca,
+        "intruder",
+        None,
+        Some("spiffe://example.org/ns/shop/sa/frontend"),
+    );
     let (other_ca, _) = Pki::ca("another CA");
     let (stranger_cert, stranger_key) = pki.issue(&other_ca, "stranger", None, Some(operator_id));
 
@@ -453,7 +513,12 @@ async fn mtls_allows_only_listed_ids() {
     let service = AdminService::new(activator.clone(), Callers::SpiffeIds(allowed));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(listen::serve_tls(listener, tls, service, std::future::pending()));
+    let server = tokio::spawn(listen::serve_tls(
+        listener,
+        tls,
+        service,
+        std::future::pending(),
+    ));
 
     let target = |cert: &std::path::Path, key: &std::path::Path| AdminTarget {
         address: Some(format!("https://{address}")),
@@ -465,9 +530,13 @@ async fn mtls_allows_only_listed_ids() {
     };
     let archive = write_archive(&bundle("mtls", true), None).unwrap();
 
-    let mut intruder = connect(&target(&intruder_cert, &intruder_key)).await.unwrap();
+    let mut intruder = connect(&target(&intruder_cert, &intruder_key))
+        .await
+        .unwrap();
     let denied = intruder
-        .push_bundle(PushBundleRequest { archive: archive.clone() })
+        .push_bundle(PushBundleRequest {
+            archive: archive.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -481,19 +550,29 @@ async fn mtls_allows_only_listed_ids() {
 
     // A certificate from another CA fails the handshake, before any call.
     let stranger = match connect(&target(&stranger_cert, &stranger_key)).await {
-        Ok(mut client) => client.get_status(GetStatusRequest {}).await.map(|_| ()).map_err(|s| s.code()),
+        Ok(mut client) => client
+            .get_status(GetStatusRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code()),
         Err(_) => Err(tonic::Code::Unavailable),
     };
     assert!(stranger.is_err(), "a client of another CA was served");
 
-    let mut operator = connect(&target(&operator_cert, &operator_key)).await.unwrap();
+    let mut operator = connect(&target(&operator_cert, &operator_key))
+        .await
+        .unwrap();
     let response = operator
         .push_bundle(PushBundleRequest { archive })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(response.result(), PushResult::Activated);
-    let status = operator.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    let status = operator
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.active.unwrap().source, format!("push:{operator_id}"));
     assert_eq!(active_revision(&activator), "mtls");
 

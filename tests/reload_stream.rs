@@ -22,8 +22,8 @@ use authzd::reload::watch::{self, FileBundle, WatchSettings};
 use ed25519_dalek::SigningKey;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use reload_support::{
-    WAIT, active_revision, activator, bundle, check_request, decision_and_revision,
-    invalid_bundle, wait_for, write_dir,
+    WAIT, activator, active_revision, bundle, check_request, decision_and_revision, invalid_bundle,
+    wait_for, write_dir,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -78,7 +78,9 @@ async fn checks_survive_reloads() {
         let mut health = health.clone();
         async move {
             health
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -86,7 +88,9 @@ async fn checks_survive_reloads() {
         }
     };
     assert_eq!(serving(&mut health).await, ServingStatus::NotServing);
-    let mut client = AuthorizationClient::connect(endpoint.clone()).await.unwrap();
+    let mut client = AuthorizationClient::connect(endpoint.clone())
+        .await
+        .unwrap();
     let response = client.check(check_request()).await.unwrap().into_inner();
     let metadata = response.dynamic_metadata.as_ref().unwrap();
     let reason = match &metadata.fields["reason"].kind {
@@ -122,7 +126,10 @@ async fn checks_survive_reloads() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(became_serving, "health did not report SERVING after activation");
+    assert!(
+        became_serving,
+        "health did not report SERVING after activation"
+    );
 
     // Clients, each on its own connection, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +137,9 @@ async fn checks_survive_reloads() {
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let stop = stop.clone();
-        let mut client = AuthorizationClient::connect(endpoint.clone()).await.unwrap();
+        let mut client = AuthorizationClient::connect(endpoint.clone())
+            .await
+            .unwrap();
         clients.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while !stop.load(Ordering::Relaxed)
@@ -199,7 +208,11 @@ async fn checks_survive_reloads() {
         "{:?}",
         response.errors
     );
-    let status = admin_client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    let status = admin_client
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let rejection = status.last_rejection.unwrap();
     assert_eq!(rejection.source, "push:unix");
     assert!(rejection.errors[0].contains("invalid path `no-leading-slash`"));
@@ -212,7 +225,11 @@ async fn checks_survive_reloads() {
         .unwrap()
         .into_inner();
     assert_eq!(response.result(), PushResult::Rejected);
-    let status = admin_client.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    let status = admin_client
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let rejection = status.last_rejection.unwrap();
     assert!(
         rejection.errors[0].starts_with("signature does not verify with the configured key"),
@@ -238,10 +255,23 @@ async fn checks_survive_reloads() {
     }
 
     eprintln!("{} checks by revision: {:?}", total.checks, total.revisions);
-    assert!(total.transport_errors.is_empty(), "transport errors: {:?}", &total.transport_errors[..total.transport_errors.len().min(5)]);
-    assert!(total.mismatches.is_empty(), "mismatches: {:?}", &total.mismatches[..total.mismatches.len().min(5)]);
+    assert!(
+        total.transport_errors.is_empty(),
+        "transport errors: {:?}",
+        &total.transport_errors[..total.transport_errors.len().min(5)]
+    );
+    assert!(
+        total.mismatches.is_empty(),
+        "mismatches: {:?}",
+        &total.mismatches[..total.mismatches.len().min(5)]
+    );
     let revisions: Vec<&str> = total.revisions.keys().map(String::as_str).collect();
-    assert_eq!(revisions, ["rev-a", "rev-b"], "revisions seen: {:?}", total.revisions);
+    assert_eq!(
+        revisions,
+        ["rev-a", "rev-b"],
+        "revisions seen: {:?}",
+        total.revisions
+    );
     assert!(total.checks > CLIENTS as u64);
     assert_eq!(active_revision(&activator), active_before);
     assert_eq!(counted.snapshot().activated, settled.activated);

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use authzd::reload::watch::{self, FileBundle, WatchSettings};
 use authzd::reload::{Activation, Activator, LoadedBundle, Source};
-use reload_support::{WAIT, active_revision, activator, bundle, invalid_bundle, wait_for, write_dir};
+use reload_support::{
+    WAIT, activator, active_revision, bundle, invalid_bundle, wait_for, write_dir,
+};
 
 /// Settings that leave reloads to file events alone: the periodic check
 /// would otherwise hide a watcher that missed an event.
@@ -22,7 +24,11 @@ fn events_only() -> WatchSettings {
     }
 }
 
-fn start(activator: &Arc<Activator>, bundle: FileBundle, settings: WatchSettings) -> tokio::task::JoinHandle<()> {
+fn start(
+    activator: &Arc<Activator>,
+    bundle: FileBundle,
+    settings: WatchSettings,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(watch::run(activator.clone(), bundle, settings))
 }
 
@@ -55,12 +61,20 @@ async fn configmap_swaps_each_activate() {
     let root = tempfile::tempdir().unwrap();
     configmap_update(root.path(), 0, &bundle("cm-0", true));
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Directory(root.path().into()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Directory(root.path().into()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "cm-0").await);
 
     for generation in 1..=3 {
         let revision = format!("cm-{generation}");
-        configmap_update(root.path(), generation, &bundle(&revision, generation % 2 == 0));
+        configmap_update(
+            root.path(),
+            generation,
+            &bundle(&revision, generation % 2 == 0),
+        );
         assert!(
             wait_for(WAIT, || active_revision(&activator) == revision).await,
             "update {generation} not activated; active is `{}`",
@@ -76,14 +90,26 @@ async fn rename_into_place_activates() {
     let root = tempfile::tempdir().unwrap();
     write_dir(root.path(), &bundle("plain-a", true), None);
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Directory(root.path().into()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Directory(root.path().into()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "plain-a").await);
 
     let next = bundle("plain-b", false);
     let temporary = root.path().join("bundle.yaml.tmp");
     std::fs::write(&temporary, &next.files["bundle.yaml"]).unwrap();
-    std::fs::write(root.path().join("rules.yaml.tmp"), &next.files["rules.yaml"]).unwrap();
-    std::fs::rename(root.path().join("rules.yaml.tmp"), root.path().join("rules.yaml")).unwrap();
+    std::fs::write(
+        root.path().join("rules.yaml.tmp"),
+        &next.files["rules.yaml"],
+    )
+    .unwrap();
+    std::fs::rename(
+        root.path().join("rules.yaml.tmp"),
+        root.path().join("rules.yaml"),
+    )
+    .unwrap();
     std::fs::rename(&temporary, root.path().join("bundle.yaml")).unwrap();
 
     assert!(wait_for(WAIT, || active_revision(&activator) == "plain-b").await);
@@ -96,7 +122,11 @@ async fn touch_causes_no_swap() {
     let files = bundle("touched", true);
     write_dir(root.path(), &files, None);
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Directory(root.path().into()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Directory(root.path().into()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "touched").await);
     let before = activator.counters().snapshot();
     let activated_at = activator.store().status().activated_at;
@@ -112,7 +142,9 @@ async fn touch_causes_no_swap() {
 
     let counters = activator.counters().clone();
     assert!(
-        wait_for(WAIT, || counters.unchanged.load(Ordering::Relaxed) > before.unchanged).await,
+        wait_for(WAIT, || counters.unchanged.load(Ordering::Relaxed)
+            > before.unchanged)
+        .await,
         "the touch caused no reload"
     );
     let after = activator.counters().snapshot();
@@ -127,7 +159,11 @@ async fn partial_write_burst_ends_on_final() {
     let root = tempfile::tempdir().unwrap();
     write_dir(root.path(), &bundle("burst-0", true), None);
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Directory(root.path().into()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Directory(root.path().into()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "burst-0").await);
 
     // Rewrite the files in place in small pieces, so a reload may read any
@@ -159,15 +195,27 @@ async fn directory_edit_after_invalid_recovers() {
     let root = tempfile::tempdir().unwrap();
     write_dir(root.path(), &bundle("good-1", true), None);
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Directory(root.path().into()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Directory(root.path().into()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "good-1").await);
 
     write_dir(root.path(), &invalid_bundle("broken"), None);
     let counters = activator.counters().clone();
-    assert!(wait_for(WAIT, || counters.rejected_compile.load(Ordering::Relaxed) > 0).await);
+    assert!(
+        wait_for(WAIT, || counters.rejected_compile.load(Ordering::Relaxed)
+            > 0)
+        .await
+    );
     assert_eq!(active_revision(&activator), "good-1");
     let rejection = activator.store().status().last_rejection.unwrap();
-    assert!(rejection.source.starts_with("directory:"), "{}", rejection.source);
+    assert!(
+        rejection.source.starts_with("directory:"),
+        "{}",
+        rejection.source
+    );
     assert!(
         rejection.errors[0].contains("invalid path `no-leading-slash`"),
         "{:?}",
@@ -192,7 +240,11 @@ async fn archive_file_reloads() {
     write_archive("archive-1");
 
     let activator = activator(None);
-    let task = start(&activator, FileBundle::Archive(archive_path.clone()), events_only());
+    let task = start(
+        &activator,
+        FileBundle::Archive(archive_path.clone()),
+        events_only(),
+    );
     assert!(wait_for(WAIT, || active_revision(&activator) == "archive-1").await);
 
     write_archive("archive-2");
@@ -255,6 +307,9 @@ fn concurrent_triggers_keep_newest() {
 
     write_dir(root.path(), &invalid_bundle("race-invalid"), None);
     let activation = activator.activate_with(&source, || LoadedBundle::read_dir(root.path()));
-    assert!(matches!(activation, Activation::Rejected { .. }), "{activation:?}");
+    assert!(
+        matches!(activation, Activation::Rejected { .. }),
+        "{activation:?}"
+    );
     assert_eq!(active_revision(&activator), "race-30");
 }

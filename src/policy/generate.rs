@@ -31,12 +31,17 @@ pub fn generate_bundle(rules: usize, revision: &str) -> BundleFiles {
         write_rule(&mut text, rule, hosts);
     }
     if !text.is_empty() {
-        flush_rules(&mut files, rules.saturating_sub(1) / RULES_PER_FILE, &mut text);
+        flush_rules(
+            &mut files,
+            rules.saturating_sub(1) / RULES_PER_FILE,
+            &mut text,
+        );
     }
 
-    files
-        .files
-        .insert("tests/generated.yaml".to_owned(), tests(rules, hosts).into_bytes());
+    files.files.insert(
+        "tests/generated.yaml".to_owned(),
+        tests(rules, hosts).into_bytes(),
+    );
     files
 }
 
@@ -63,7 +68,10 @@ fn shape(rule: usize, hosts: usize) -> Shape {
     let host = format!("svc-{:03}.internal.example", rule % hosts);
     let method = METHODS[rule % METHODS.len()];
     let (pattern, path) = match rule % 4 {
-        0 => (format!("/api/v1/items{rule}"), format!("/api/v1/items{rule}")),
+        0 => (
+            format!("/api/v1/items{rule}"),
+            format!("/api/v1/items{rule}"),
+        ),
         1 => (
             format!("/api/v1/items{rule}/**"),
             format!("/api/v1/items{rule}/a/b"),
@@ -82,8 +90,9 @@ fn shape(rule: usize, hosts: usize) -> Shape {
         (4, _) => Some("request.host.endsWith(\".internal.example\")"),
         _ => None,
     };
-    let principal =
-        (rule % 3 == 0).then(|| format!("spiffe://example.org/ns/ns{}/sa/client", rule % 10));
+    let principal = rule
+        .is_multiple_of(3)
+        .then(|| format!("spiffe://example.org/ns/ns{}/sa/client", rule % 10));
     Shape {
         host,
         method,

@@ -202,7 +202,10 @@ pub struct Activator {
 impl fmt::Debug for Activator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Activator")
-            .field("verifying_key", &self.verifying_key.as_ref().map(signature::key_id))
+            .field(
+                "verifying_key",
+                &self.verifying_key.as_ref().map(signature::key_id),
+            )
             .field("counters", &self.counters.snapshot())
             .finish_non_exhaustive()
     }
@@ -338,8 +341,7 @@ impl Activator {
     {
         let activator = self.clone();
         let task_source = source.clone();
-        let task =
-            tokio::task::spawn_blocking(move || activator.activate_with(&task_source, load));
+        let task = tokio::task::spawn_blocking(move || activator.activate_with(&task_source, load));
         match task.await {
             Ok(activation) => activation,
             Err(error) => {
@@ -388,7 +390,9 @@ impl Activator {
         errors: Vec<String>,
         stage: RejectStage,
     ) -> Activation {
-        self.counters.rejected(stage).fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .rejected(stage)
+            .fetch_add(1, Ordering::Relaxed);
         self.record_rejection(source, digest.clone(), &errors);
         tracing::warn!(
             %source,

@@ -288,13 +288,21 @@ mod tests {
 
     #[test]
     fn entry_paths_are_normalized() {
-        assert_eq!(normalize_entry_path("./rules//a.yaml").unwrap(), "rules/a.yaml");
+        assert_eq!(
+            normalize_entry_path("./rules//a.yaml").unwrap(),
+            "rules/a.yaml"
+        );
         assert_eq!(normalize_entry_path("bundle.yaml").unwrap(), "bundle.yaml");
     }
 
     #[test]
     fn escaping_entry_paths_are_rejected() {
-        for raw in ["/etc/passwd", "../x.yaml", "rules/../../x.yaml", "a\\b.yaml"] {
+        for raw in [
+            "/etc/passwd",
+            "../x.yaml",
+            "rules/../../x.yaml",
+            "a\\b.yaml",
+        ] {
             assert!(normalize_entry_path(raw).is_err(), "{raw}");
         }
     }

@@ -28,7 +28,14 @@ pub fn build(dir: &Path, output: &Path, signing_key: Option<&Path>) -> ExitCode 
     let failures: Vec<String> = testing::run_tests(&bundle)
         .into_iter()
         .filter(|result| !result.passed())
-        .map(|result| format!("test `{}` ({}) failed: {}", result.name, result.file, result.failures.join("; ")))
+        .map(|result| {
+            format!(
+                "test `{}` ({}) failed: {}",
+                result.name,
+                result.file,
+                result.failures.join("; ")
+            )
+        })
         .collect();
     if !failures.is_empty() {
         return report_invalid(dir, &failures);
@@ -63,7 +70,11 @@ pub fn build(dir: &Path, output: &Path, signing_key: Option<&Path>) -> ExitCode 
         bundle.revision,
         files.files.len(),
         bundle.digest,
-        if signature.is_some() { ", signed" } else { ", unsigned" }
+        if signature.is_some() {
+            ", signed"
+        } else {
+            ", unsigned"
+        }
     );
     ExitCode::SUCCESS
 }
@@ -151,7 +162,10 @@ fn print_push(response: &proto::PushBundleResponse) -> ExitCode {
             ExitCode::SUCCESS
         }
         PushResult::Unchanged => {
-            println!("unchanged: bundle {} is already active or was pushed before", response.digest);
+            println!(
+                "unchanged: bundle {} is already active or was pushed before",
+                response.digest
+            );
             ExitCode::SUCCESS
         }
         PushResult::Rejected | PushResult::Unspecified => {
@@ -184,10 +198,16 @@ pub fn format_status(status: &proto::GetStatusResponse) -> String {
     match &status.active {
         None => text.push_str("active:   none (NOT_SERVING: every Check is denied)\n"),
         Some(active) => {
-            text.push_str(&format!("active:   {} revision {}\n", active.name, active.revision));
+            text.push_str(&format!(
+                "active:   {} revision {}\n",
+                active.name, active.revision
+            ));
             text.push_str(&format!("digest:   {}\n", active.digest));
             text.push_str(&format!("source:   {}\n", active.source));
-            text.push_str(&format!("loaded:   {}\n", format_time(active.loaded_at.as_ref())));
+            text.push_str(&format!(
+                "loaded:   {}\n",
+                format_time(active.loaded_at.as_ref())
+            ));
             text.push_str(&format!("rules:    {}\n", active.rules));
         }
     }
@@ -198,7 +218,11 @@ pub fn format_status(status: &proto::GetStatusResponse) -> String {
                 "last rejection: {} from {}{}\n",
                 format_time(rejection.rejected_at.as_ref()),
                 rejection.source,
-                if rejection.digest.is_empty() { String::new() } else { format!(" (digest {})", rejection.digest) }
+                if rejection.digest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (digest {})", rejection.digest)
+                }
             ));
             for error in &rejection.errors {
                 text.push_str(&format!("  {error}\n"));
@@ -220,12 +244,20 @@ pub fn format_status(status: &proto::GetStatusResponse) -> String {
 }
 
 fn format_time(time: Option<&prost_types::Timestamp>) -> String {
-    time.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .map_or_else(|| "unknown".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    time.and_then(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+    })
+    .map_or_else(
+        || "unknown".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 fn run_client(work: impl Future<Output = Result<ExitCode, String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("authzd: cannot start the async runtime: {error}");

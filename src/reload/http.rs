@@ -48,10 +48,7 @@ impl HttpSettings {
 /// Result of one poll.
 enum Poll {
     NotModified,
-    Fetched {
-        body: Vec<u8>,
-        etag: Option<String>,
-    },
+    Fetched { body: Vec<u8>, etag: Option<String> },
 }
 
 /// The polling source; build it with [`HttpSource::new`], then [`HttpSource::run`].

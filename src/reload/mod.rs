@@ -51,7 +51,10 @@ impl Reloader {
         self.shutdown.send_replace(true);
         for listener in self.listeners {
             let abort = listener.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), listener).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), listener)
+                .await
+                .is_err()
+            {
                 tracing::warn!("admin listener did not stop within 5 s; aborting it");
                 abort.abort();
             }
@@ -94,20 +97,31 @@ pub async fn start(
     match bundle.source {
         BundleSourceKind::Directory => {
             let source = watch::FileBundle::Directory(bundle.directory.clone());
-            sources.push(tokio::spawn(watch::run(activator.clone(), source, watch_settings)));
+            sources.push(tokio::spawn(watch::run(
+                activator.clone(),
+                source,
+                watch_settings,
+            )));
         }
         BundleSourceKind::Archive => {
             let Some(path) = &bundle.archive else {
-                return Err("`bundle.source` is `archive` but `bundle.archive` is not set".to_owned());
+                return Err(
+                    "`bundle.source` is `archive` but `bundle.archive` is not set".to_owned(),
+                );
             };
             let source = watch::FileBundle::Archive(path.clone());
-            sources.push(tokio::spawn(watch::run(activator.clone(), source, watch_settings)));
+            sources.push(tokio::spawn(watch::run(
+                activator.clone(),
+                source,
+                watch_settings,
+            )));
         }
         BundleSourceKind::Http => {
             let Some(url) = &bundle.url else {
                 return Err("`bundle.source` is `http` but `bundle.url` is not set".to_owned());
             };
-            let url = reqwest::Url::parse(url).map_err(|e| format!("invalid `bundle.url` `{url}`: {e}"))?;
+            let url = reqwest::Url::parse(url)
+                .map_err(|e| format!("invalid `bundle.url` `{url}`: {e}"))?;
             let mut settings = http::HttpSettings::new(url);
             settings.poll_interval = poll_interval;
             settings.ca_file = bundle.ca_file.clone();
@@ -127,7 +141,12 @@ pub async fn start(
         let mode = u32::from_str_radix(config.admin_api.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| format!("invalid `admin_api.socket_mode` `{}`: use octal such as `0600`", config.admin_api.socket_mode))?;
+            .ok_or_else(|| {
+                format!(
+                    "invalid `admin_api.socket_mode` `{}`: use octal such as `0600`",
+                    config.admin_api.socket_mode
+                )
+            })?;
         let listener = admin::listen::bind_unix(path, mode)?;
         let service = admin::AdminService::new(activator.clone(), admin::Callers::UnixSocket);
         let stop = shutdown_signal(&shutdown);
@@ -142,20 +161,29 @@ pub async fn start(
     if let Some(tls) = &config.admin_api.tls {
         let mut allowed = Vec::with_capacity(tls.allowed_ids.len());
         for id in &tls.allowed_ids {
-            let id = SpiffeId::parse(id).map_err(|e| format!("invalid `admin_api.tls.allowed_ids` entry `{id}`: {e}"))?;
+            let id = SpiffeId::parse(id)
+                .map_err(|e| format!("invalid `admin_api.tls.allowed_ids` entry `{id}`: {e}"))?;
             allowed.push(id);
         }
         if allowed.is_empty() {
-            return Err("`admin_api.tls.allowed_ids` is empty, so no caller could use the admin listener".to_owned());
+            return Err(
+                "`admin_api.tls.allowed_ids` is empty, so no caller could use the admin listener"
+                    .to_owned(),
+            );
         }
-        let server_tls = admin::listen::server_tls_config(&tls.cert_file, &tls.key_file, &tls.client_ca_file)?;
+        let server_tls =
+            admin::listen::server_tls_config(&tls.cert_file, &tls.key_file, &tls.client_ca_file)?;
         let listener = tokio::net::TcpListener::bind(tls.listen)
             .await
             .map_err(|e| format!("cannot bind the admin listener on {}: {e}", tls.listen))?;
-        let service = admin::AdminService::new(activator.clone(), admin::Callers::SpiffeIds(Arc::new(allowed)));
+        let service = admin::AdminService::new(
+            activator.clone(),
+            admin::Callers::SpiffeIds(Arc::new(allowed)),
+        );
         let stop = shutdown_signal(&shutdown);
         listeners.push(tokio::spawn(async move {
-            if let Err(error) = admin::listen::serve_tls(listener, server_tls, service, stop).await {
+            if let Err(error) = admin::listen::serve_tls(listener, server_tls, service, stop).await
+            {
                 tracing::error!(error = error_chain(&error), "admin mTLS listener failed");
             }
         }));

@@ -129,7 +129,9 @@ pub fn verify(
     }
     for (name, content) in &files.files {
         match manifest.files.get(name) {
-            None => errors.push(format!("file `{name}` is not listed in the signed manifest")),
+            None => errors.push(format!(
+                "file `{name}` is not listed in the signed manifest"
+            )),
             Some(expected) if *expected != file_digest(content) => {
                 errors.push(format!("file `{name}` does not match its signed digest"));
             }
@@ -247,8 +249,12 @@ mod tests {
 
     fn files() -> BundleFiles {
         let mut files = BundleFiles::default();
-        files.files.insert("bundle.yaml".into(), b"name: a".to_vec());
-        files.files.insert("rules/a.yaml".into(), b"rules: []".to_vec());
+        files
+            .files
+            .insert("bundle.yaml".into(), b"name: a".to_vec());
+        files
+            .files
+            .insert("rules/a.yaml".into(), b"rules: []".to_vec());
         files
     }
 
@@ -268,7 +274,10 @@ mod tests {
         let other = SigningKey::from_bytes(&[8; 32]);
         let signature = sign(&files(), &other);
         let errors = verify(&files(), Some(&signature), &key.verifying_key()).unwrap_err();
-        assert!(errors[0].starts_with("signature does not verify"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("signature does not verify"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -24,12 +24,18 @@ pub const PATH: &str = "/probe";
 /// when `allow` is true and denies it otherwise. Its own test checks that.
 pub fn bundle(revision: &str, allow: bool) -> BundleFiles {
     let manifest = format!("format: 1\nname: probe\nrevision: \"{revision}\"\n");
-    let (effect, expected) = if allow { ("allow", "allow") } else { ("deny", "deny") };
+    let (effect, expected) = if allow {
+        ("allow", "allow")
+    } else {
+        ("deny", "deny")
+    };
     let rules = format!(
         "rules:\n  - id: probe\n    effect: {effect}\n    hosts: [{HOST}]\n    methods: [GET]\n    paths: [{PATH}]\n  - id: other\n    effect: allow\n    paths: [/other]\ntests:\n  - name: probe is decided\n    request: {{method: GET, host: {HOST}, path: {PATH}}}\n    expect: {{decision: {expected}, rule: probe}}\n"
     );
     let mut files = BundleFiles::default();
-    files.files.insert("bundle.yaml".into(), manifest.into_bytes());
+    files
+        .files
+        .insert("bundle.yaml".into(), manifest.into_bytes());
     files.files.insert("rules.yaml".into(), rules.into_bytes());
     files
 }
@@ -50,7 +56,9 @@ pub fn failing_tests_bundle(revision: &str) -> BundleFiles {
     let rules = String::from_utf8(files.files["rules.yaml"].clone()).unwrap();
     files.files.insert(
         "rules.yaml".into(),
-        rules.replace("expect: {decision: allow", "expect: {decision: deny").into_bytes(),
+        rules
+            .replace("expect: {decision: allow", "expect: {decision: deny")
+            .into_bytes(),
     );
     files
 }
@@ -61,7 +69,10 @@ pub fn write_dir(dir: &Path, files: &BundleFiles, signature: Option<&SignatureFi
     let mut all: Vec<(String, Vec<u8>)> = files.files.clone().into_iter().collect();
     if let Some(signature) = signature {
         all.push((signature::MANIFEST_FILE.into(), signature.manifest.clone()));
-        all.push((signature::SIGNATURE_FILE.into(), signature.signature.clone()));
+        all.push((
+            signature::SIGNATURE_FILE.into(),
+            signature.signature.clone(),
+        ));
     }
     for (name, content) in all {
         let path = dir.join(&name);

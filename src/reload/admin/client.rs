@@ -38,7 +38,9 @@ pub async fn connect(target: &AdminTarget) -> Result<AdminClient<Channel>, Strin
     let channel = match (&target.socket, &target.address) {
         (Some(path), _) => connect_unix(path.clone()).await?,
         (None, Some(address)) => connect_tls(target, address).await?,
-        (None, None) => return Err("give the admin API's `--socket PATH` or `--address URL`".to_owned()),
+        (None, None) => {
+            return Err("give the admin API's `--socket PATH` or `--address URL`".to_owned());
+        }
     };
     Ok(AdminClient::new(channel).max_encoding_message_size(limit))
 }
@@ -55,7 +57,12 @@ async fn connect_unix(path: PathBuf) -> Result<Channel, String> {
             }
         }))
         .await
-        .map_err(|e| format!("cannot connect to admin socket `{display}`: {}", error_chain(&e)))
+        .map_err(|e| {
+            format!(
+                "cannot connect to admin socket `{display}`: {}",
+                error_chain(&e)
+            )
+        })
 }
 
 async fn connect_tls(target: &AdminTarget, address: &str) -> Result<Channel, String> {

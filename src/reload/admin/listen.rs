@@ -105,14 +105,19 @@ pub fn server_tls_config(
             .map_err(|e| format!("invalid client CA in `{}`: {e}", client_ca_file.display()))?;
     }
     if roots.is_empty() {
-        return Err(format!("`{}` holds no certificate", client_ca_file.display()));
+        return Err(format!(
+            "`{}` holds no certificate",
+            client_ca_file.display()
+        ));
     }
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("cannot set up client certificate verification: {e}"))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("cannot set up client certificate verification: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot set up TLS: {e}"))?

@@ -73,7 +73,11 @@ impl AdminService {
             }
         };
         if !allowed.contains(&id) {
-            tracing::warn!(method, caller = id.as_str(), "admin call denied: caller not on the allow-list");
+            tracing::warn!(
+                method,
+                caller = id.as_str(),
+                "admin call denied: caller not on the allow-list"
+            );
             return Err(Status::permission_denied(format!(
                 "caller `{id}` is not on the admin allow-list"
             )));
@@ -196,5 +200,6 @@ fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, String> {
             uris.len()
         ));
     };
-    SpiffeId::parse(uri).map_err(|e| format!("invalid SPIFFE ID `{uri}` in the client certificate: {e}"))
+    SpiffeId::parse(uri)
+        .map_err(|e| format!("invalid SPIFFE ID `{uri}` in the client certificate: {e}"))
 }
