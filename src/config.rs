@@ -72,11 +72,11 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
 }
 
-/// Where bundles come from and how they are checked; see `docs/reload.md`.
+/// The bundle source and the checks on its bundles; see `docs/reload.md`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSourceConfig {
-    /// Which source delivers bundles.
+    /// The source that delivers bundles.
     pub source: BundleSourceKind,
     /// Bundle directory, watched for changes, when `source` is `directory`.
     pub directory: PathBuf,

@@ -159,8 +159,8 @@ fn archive_limits_are_enforced() {
         file("c.yaml", b""),
         file("d.yaml", b""),
     ]);
-    // A GNU long name is read by the tar reader itself, outside the entry
-    // count and the content total; the bound on the decompressed stream
+    // The tar reader consumes a GNU long name itself, so it counts neither
+    // as an entry nor as content. The bound on the decompressed stream
     // still stops it.
     let long_name = format!("{}x.yaml", "a/".repeat(60_000));
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -232,7 +232,7 @@ fn archive_accepts_usual_layouts() {
 }
 
 /// A bundle server on 127.0.0.1 that serves one archive with an ETag and
-/// counts full answers and 304 answers.
+/// counts full responses and 304 responses.
 #[derive(Default)]
 struct BundleServer {
     current: Mutex<(Vec<u8>, String)>,

@@ -1,7 +1,7 @@
 //! Reload under load: concurrent clients send Checks to the real server on
 //! 127.0.0.1 while the bundle in a watched directory is replaced 50 times,
 //! then an invalid and a wrongly signed bundle are pushed. No Check may fail
-//! at the transport and every answer must match the bundle its revision
+//! at the transport and every response must match the bundle its revision
 //! names.
 
 mod reload_support;
@@ -131,7 +131,7 @@ async fn checks_survive_reloads() {
         "health did not report SERVING after activation"
     );
 
-    // Clients, each on its own connection, until told to stop.
+    // Clients, each on its own connection, until the stop flag is set.
     let stop = Arc::new(AtomicBool::new(false));
     let test_deadline = Instant::now() + Duration::from_secs(240);
     let mut clients = Vec::new();

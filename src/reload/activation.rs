@@ -20,7 +20,7 @@ use super::signature::{self, SignatureFiles};
 use crate::policy::{Bundle, BundleError, BundleFiles, testing};
 use crate::store::BundleStore;
 
-/// Where a bundle came from, as shown in logs and status, such as
+/// The origin of a bundle, as shown in logs and status, such as
 /// `directory:/etc/authzd/bundle` or `push:unix`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Source(Arc<str>);
@@ -351,9 +351,9 @@ impl Activator {
         }
     }
 
-    fn unchanged(&self, source: &Source, digest: String, why: &str) -> Activation {
+    fn unchanged(&self, source: &Source, digest: String, reason: &str) -> Activation {
         self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%source, digest, why, "bundle unchanged");
+        tracing::debug!(%source, digest, reason, "bundle unchanged");
         Activation::Unchanged { digest }
     }
 

@@ -1,6 +1,6 @@
 //! `.tar.gz` bundles, read into memory and never unpacked to disk.
 //!
-//! An archive holds the bundle directory's files at its root (`bundle.yaml`,
+//! An archive contains the bundle directory's files at its root (`bundle.yaml`,
 //! `rules/…`), optionally with a leading `./`, plus the signature files of a
 //! signed bundle. Only regular files and directories are accepted: absolute
 //! paths, `..` components, symbolic and hard links, device and FIFO entries
@@ -73,8 +73,8 @@ pub fn read_archive(bytes: &[u8], limits: &ArchiveLimits) -> Result<LoadedBundle
     }
 
     // Tar headers and padding add at most 1,536 bytes per entry on top of
-    // the contents; bounding the decompressed stream stops a gzip bomb made
-    // of headers or padding as well as one made of file contents.
+    // the contents. Bounding the decompressed stream stops a gzip bomb made
+    // of headers or padding, which the content total alone would miss.
     let stream_limit = limits
         .max_unpacked_bytes
         .saturating_add((limits.max_entries as u64).saturating_mul(1536))
@@ -211,8 +211,8 @@ fn normalize_entry_path(raw: &str) -> Result<String, BundleError> {
     Ok(parts.join("/"))
 }
 
-/// The files a bundle directory would keep: `.yaml` and `.yml` files whose
-/// path has no component starting with `.`.
+/// Returns whether a bundle directory would keep this file: a `.yaml` or
+/// `.yml` file whose path has no component starting with `.`.
 fn is_policy_file(path: &str) -> bool {
     !path.is_empty()
         && path.split('/').all(|part| !part.starts_with('.'))

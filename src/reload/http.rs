@@ -18,9 +18,9 @@ use super::error_chain;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub url: Url,
-    /// Interval between polls while the server answers.
+    /// Interval between polls while the server responds.
     pub poll_interval: Duration,
-    /// Longest delay between polls while the server fails.
+    /// Maximum delay between polls while the server fails.
     pub max_backoff: Duration,
     /// Timeout of one request, body included.
     pub timeout: Duration,
@@ -193,8 +193,8 @@ impl HttpSource {
         Ok(Poll::Fetched { body, etag })
     }
 
-    /// The poll interval, or after failures an exponential backoff capped at
-    /// `max_backoff`, with ±20 % jitter.
+    /// Returns the poll interval, or after failures an exponential backoff
+    /// capped at `max_backoff`, with ±20 % jitter.
     fn next_delay(&self, failures: u32) -> Duration {
         let base = self.settings.poll_interval;
         let delay = if failures == 0 {

@@ -64,7 +64,8 @@ pub fn sign(files: &BundleFiles, key: &SigningKey) -> SignatureFiles {
             .map(|(name, content)| (name.clone(), file_digest(content)))
             .collect(),
     };
-    // Serializing a struct of strings and maps of strings cannot fail.
+    // serde_json fails only on maps with non-string keys or on failing
+    // `Serialize` impls, and this struct has neither.
     let mut manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     manifest.push(b'\n');
     let signature = key.sign(&manifest);

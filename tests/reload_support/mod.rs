@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 pub const HOST: &str = "probe.example.org";
 pub const PATH: &str = "/probe";
 
-/// A bundle whose revision is `revision` and that allows the fixed request
+/// Returns a bundle whose revision is `revision` and that allows the fixed request
 /// when `allow` is true and denies it otherwise. Its own test checks that.
 pub fn bundle(revision: &str, allow: bool) -> BundleFiles {
     let manifest = format!("format: 1\nname: probe\nrevision: \"{revision}\"\n");
@@ -40,7 +40,7 @@ pub fn bundle(revision: &str, allow: bool) -> BundleFiles {
     files
 }
 
-/// A bundle that does not compile: its path pattern is invalid.
+/// Returns a bundle that does not compile because a path pattern is invalid.
 pub fn invalid_bundle(revision: &str) -> BundleFiles {
     let mut files = bundle(revision, true);
     files.files.insert(
@@ -50,7 +50,7 @@ pub fn invalid_bundle(revision: &str) -> BundleFiles {
     files
 }
 
-/// A bundle whose own test fails.
+/// Returns a bundle whose own test fails.
 pub fn failing_tests_bundle(revision: &str) -> BundleFiles {
     let mut files = bundle(revision, true);
     let rules = String::from_utf8(files.files["rules.yaml"].clone()).unwrap();
@@ -83,7 +83,7 @@ pub fn write_dir(dir: &Path, files: &BundleFiles, signature: Option<&SignatureFi
     }
 }
 
-/// The fixed request: GET probe.example.org/probe.
+/// Builds the fixed request: GET probe.example.org/probe.
 pub fn check_request() -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -111,7 +111,7 @@ pub fn check_request() -> CheckRequest {
     }
 }
 
-/// The decision (`allow` or `deny`) and the revision in a response's
+/// Reads the decision (`allow` or `deny`) and the revision from a response's
 /// `dynamic_metadata`.
 pub fn decision_and_revision(response: &CheckResponse) -> (String, String) {
     let text = |name: &str| {
@@ -137,7 +137,7 @@ pub fn loaded(files: BundleFiles, signature: Option<SignatureFiles>) -> LoadedBu
     LoadedBundle { files, signature }
 }
 
-/// The active bundle's revision, or an empty string before the first.
+/// Returns the active bundle's revision, or an empty string before the first.
 pub fn active_revision(activator: &Activator) -> String {
     activator
         .store()

@@ -9,7 +9,7 @@ use super::proto::admin_client::AdminClient;
 use crate::reload::archive::ArchiveLimits;
 use crate::reload::error_chain;
 
-/// Where the admin API is and how to authenticate to it.
+/// The admin API's address and the client's credentials.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AdminTarget {
     /// Admin Unix socket of the running authzd.

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
 use super::AdminService;
 
-/// Longest a client may take to finish the TLS handshake.
+/// Maximum time a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the admin Unix socket with `mode`, replacing a stale socket file

@@ -24,12 +24,12 @@ pub mod proto {
 use proto::admin_server::{Admin, AdminServer};
 use proto::push_bundle_response::Result as PushResult;
 
-/// Who may call a listener.
+/// The callers a listener admits.
 #[derive(Debug, Clone)]
 pub enum Callers {
     /// Anyone who can open the Unix socket; its file mode is the access control.
     UnixSocket,
-    /// Clients whose verified certificate holds one of these SPIFFE IDs.
+    /// Clients whose verified certificate contains one of these SPIFFE IDs.
     SpiffeIds(Arc<Vec<SpiffeId>>),
 }
 
@@ -45,7 +45,7 @@ impl AdminService {
         AdminService { activator, callers }
     }
 
-    /// The service wrapped for tonic, accepting archives up to the archive
+    /// Wraps the service for tonic, accepting archives up to the archive
     /// size limit.
     pub fn into_server(self) -> AdminServer<AdminService> {
         let limit = ArchiveLimits::default().max_compressed_bytes as usize + 64 * 1024;
@@ -53,7 +53,7 @@ impl AdminService {
     }
 
     /// Returns the caller's name for logs and the push source, or the status
-    /// to answer a caller that is not allowed.
+    /// to return to a caller that is not allowed.
     fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<String, Status> {
         let allowed = match &self.callers {
             Callers::UnixSocket => return Ok("unix".to_owned()),
