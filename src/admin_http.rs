@@ -126,6 +126,7 @@ pub fn status(state: &AdminState) -> serde_json::Value {
         serde_json::json!({
             "source": rejection.source,
             "at": rfc3339(rejection.at),
+            "digest": rejection.digest,
             "errors": rejection.errors,
         })
     });

@@ -22,6 +22,7 @@ pub struct Config {
     pub unix_socket: Option<UnixSocketConfig>,
     pub admin: AdminConfig,
     pub bundle: BundleSourceConfig,
+    pub admin_api: AdminApiConfig,
     pub limits: LimitsConfig,
     pub shutdown_timeout_seconds: u64,
     pub decision_log: DecisionLogConfig,
@@ -71,11 +72,70 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
 }
 
+/// The bundle source and the checks on its bundles; see `docs/reload.md`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSourceConfig {
-    /// Directory of the bundle to load at start.
+    /// The source that delivers bundles.
+    pub source: BundleSourceKind,
+    /// Bundle directory, watched for changes, when `source` is `directory`.
     pub directory: PathBuf,
+    /// Bundle `.tar.gz` file, watched for changes, when `source` is `archive`.
+    pub archive: Option<PathBuf>,
+    /// Bundle server URL of a `.tar.gz`, when `source` is `http`.
+    pub url: Option<String>,
+    /// Seconds between digest checks of a file source, or between polls of
+    /// the bundle server.
+    pub poll_interval_secs: u64,
+    /// Milliseconds of quiet after the last file event before a reload.
+    pub debounce_ms: u64,
+    /// PEM file of CA certificates for the bundle server; the Mozilla roots
+    /// when unset.
+    pub ca_file: Option<PathBuf>,
+    /// Accept an `http://` bundle URL. Off by default: without TLS, anyone
+    /// on the network path can serve a bundle unless bundles are signed.
+    pub allow_plain_http: bool,
+    /// Ed25519 public key (PEM). When set, every bundle from every source,
+    /// pushes included, must be signed by this key.
+    pub verification_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleSourceKind {
+    Directory,
+    Archive,
+    Http,
+    /// No file or HTTP source: bundles arrive only through the admin API.
+    Push,
+}
+
+/// authzd's gRPC admin API (push, status). Off unless a socket or an mTLS
+/// listener is configured; never served on the Check listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminApiConfig {
+    /// Unix socket path of the admin API.
+    pub socket: Option<PathBuf>,
+    /// File mode of the socket, in octal such as `"0600"`.
+    pub socket_mode: String,
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// The admin API over mTLS, for callers on an allow-list of SPIFFE IDs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates must chain to.
+    pub client_ca_file: PathBuf,
+    /// SPIFFE IDs of the operators allowed to call; every other caller gets
+    /// PERMISSION_DENIED.
+    pub allowed_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +226,26 @@ mod tests {
             Some("127.0.0.1:9191")
         );
         assert_eq!(config.bundle.directory, PathBuf::from("policies/example"));
+        assert_eq!(config.bundle.source, BundleSourceKind::Directory);
+        assert_eq!(config.bundle.poll_interval_secs, 30);
+        assert!(config.admin_api.socket.is_none());
+        assert!(config.admin_api.tls.is_none());
+    }
+
+    #[test]
+    fn admin_tls_parses() {
+        let config = Config::parse(
+            "admin_api: {tls: {listen: 127.0.0.1:9443, cert_file: c, key_file: k, client_ca_file: ca, allowed_ids: [spiffe://example.org/ops]}}",
+        )
+        .unwrap();
+        let tls = config.admin_api.tls.unwrap();
+        assert_eq!(tls.allowed_ids, vec!["spiffe://example.org/ops".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_bundle_key_is_named() {
+        let error = Config::parse("bundle: {verify_key: k.pem}").unwrap_err();
+        assert!(error.contains("verify_key"), "{error}");
     }
 
     #[test]

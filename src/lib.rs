@@ -14,6 +14,7 @@ pub mod identity;
 pub mod jwt;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod spiffe;

@@ -1,4 +1,5 @@
-//! The `authzd` command: run the server, test a bundle, explain a decision.
+//! The `authzd` command: run the server, test a bundle, explain a decision,
+//! build and push bundles.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use authzd::config::{Config, LogFormat};
 use authzd::policy::model::TestRequest;
 use authzd::policy::testing;
 use authzd::policy::{Bundle, Outcome};
+use authzd::reload::Activation;
+use authzd::reload::admin::client::AdminTarget;
 use authzd::store::BundleStore;
 
 #[derive(Debug, Parser)]
@@ -33,9 +36,27 @@ enum Command {
         /// Check listener address; overrides `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Bundle directory; overrides `bundle.directory`.
+        /// Bundle directory; overrides `bundle.directory` and sets
+        /// `bundle.source` to `directory`.
         #[arg(long)]
         bundle: Option<PathBuf>,
+    },
+    /// Build, sign and create keys for bundle archives.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Push a bundle archive to a running authzd through its admin API.
+    Push {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Bundle archive, as `authzd bundle build` writes it.
+        archive: PathBuf,
+    },
+    /// Print the active bundle and the last rejection of a running authzd.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Run a bundle's own tests; exits non-zero on any failure.
     Test {
@@ -52,6 +73,27 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Check a bundle directory (compile and tests) and write it as a `.tar.gz`.
+    Build {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// Archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Ed25519 signing key (PKCS#8 PEM); the archive is unsigned without it.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 key pair: PREFIX.key (private) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two key files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -62,6 +104,19 @@ fn main() -> ExitCode {
         } => serve(config.as_deref(), listen, bundle),
         Command::Test { dir } => test(&dir),
         Command::Eval { dir, request } => eval(&dir, &request),
+        Command::Bundle {
+            command:
+                BundleCommand::Build {
+                    dir,
+                    output,
+                    signing_key,
+                },
+        } => authzd::reload::cli::build(&dir, &output, signing_key.as_deref()),
+        Command::Bundle {
+            command: BundleCommand::Keygen { out },
+        } => authzd::reload::cli::keygen(&out),
+        Command::Push { target, archive } => authzd::reload::cli::push(&target, &archive),
+        Command::Status { target } => authzd::reload::cli::status(&target),
     }
 }
 
@@ -87,6 +142,7 @@ fn serve(
         config.listen = Some(listen);
     }
     if let Some(dir) = bundle_dir {
+        config.bundle.source = authzd::config::BundleSourceKind::Directory;
         config.bundle.directory = dir;
     }
     init_logging(config.log.format, &config.log.level);
@@ -105,45 +161,40 @@ fn serve(
 }
 
 async fn run_server(config: Config) -> ExitCode {
+    // Serving starts with no bundle: health reports NOT_SERVING and every
+    // Check is denied until the bundle source activates a first bundle.
     let store = Arc::new(BundleStore::new());
-    let source = config.bundle.directory.display().to_string();
-    match Bundle::load_dir(&config.bundle.directory) {
-        Ok(bundle) => {
-            tracing::info!(
-                bundle = &*bundle.name,
-                revision = &*bundle.revision,
-                digest = &*bundle.digest,
-                rules = bundle.rules.len(),
-                source,
-                "bundle activated"
-            );
-            store.activate_from(Arc::new(bundle), &source);
-        }
-        Err(error) => {
-            // Serving goes on, NOT_SERVING and denying every Check, so the
-            // probes show why instead of a restart loop.
-            for problem in &error.errors {
-                tracing::error!(source, problem, "bundle rejected");
-            }
-            store.record_rejection(&source, error.errors);
-        }
-    }
-
-    let runtime = match authzd::server::run::Runtime::new(&config, store) {
+    let runtime = match authzd::server::run::Runtime::new(&config, store.clone()) {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(bundle) = runtime.store.current() {
-        runtime
-            .metrics
-            .set_active_bundle(&bundle.name, &bundle.revision, &bundle.digest);
-        runtime.metrics.record_activation("activated");
-    }
+    let metrics = runtime.metrics.clone();
+    let on_activation = move |activation: &Activation, store: &BundleStore| {
+        let result = match activation {
+            Activation::Activated { .. } => "activated",
+            Activation::Unchanged { .. } => "unchanged",
+            Activation::Rejected { .. } => "rejected",
+        };
+        metrics.record_activation(result);
+        if let Some(bundle) = store.current() {
+            metrics.set_active_bundle(&bundle.name, &bundle.revision, &bundle.digest);
+        }
+    };
+    let reloader = match authzd::reload::start(&config, store, Some(Arc::new(on_activation))).await
+    {
+        Ok(reloader) => reloader,
+        Err(error) => {
+            tracing::error!(error, "cannot start bundle delivery");
+            return ExitCode::from(2);
+        }
+    };
 
-    match authzd::server::run::run(&config, runtime, shutdown_signal()).await {
+    let result = authzd::server::run::run(&config, runtime, shutdown_signal()).await;
+    reloader.stop().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "authzd failed");

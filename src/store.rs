@@ -26,6 +26,8 @@ pub struct StoreStatus {
 pub struct Rejection {
     pub source: String,
     pub at: SystemTime,
+    /// Digest of the rejected files; empty when they could not be read.
+    pub digest: String,
     pub errors: Vec<String>,
 }
 
@@ -75,10 +77,17 @@ impl BundleStore {
 
     /// Records a bundle that was not activated.
     pub fn record_rejection(&self, source: &str, errors: Vec<String>) {
+        self.record_rejected_digest(source, "", errors);
+    }
+
+    /// Records a bundle that was not activated, with the digest of its
+    /// files, or `""` when they could not be read.
+    pub fn record_rejected_digest(&self, source: &str, digest: &str, errors: Vec<String>) {
         if let Ok(mut status) = self.status.lock() {
             status.last_rejection = Some(Rejection {
                 source: source.to_owned(),
                 at: SystemTime::now(),
+                digest: digest.to_owned(),
                 errors,
             });
         }

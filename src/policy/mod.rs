@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod condition;
 pub mod eval;
+pub mod generate;
 pub mod index;
 pub mod model;
 pub mod pattern;
