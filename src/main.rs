@@ -183,7 +183,17 @@ async fn run_server(config: Config) -> ExitCode {
             metrics.set_active_bundle(&bundle.name, &bundle.revision, &bundle.digest);
         }
     };
-    let reloader = match authzd::reload::start(&config, store, Some(Arc::new(on_activation))).await
+    // Key sets of the bundle's JWT providers start loading before the
+    // bundle decides its first Check.
+    let verifier = runtime.service.verifier().clone();
+    let prepare = move |bundle: &Bundle| verifier.prepare(bundle);
+    let reloader = match authzd::reload::start(
+        &config,
+        store,
+        Some(Arc::new(on_activation)),
+        Some(Arc::new(prepare)),
+    )
+    .await
     {
         Ok(reloader) => reloader,
         Err(error) => {

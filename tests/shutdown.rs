@@ -64,6 +64,22 @@ async fn sigterm_drains_accepted_checks() {
     }
     let channel = channel.expect("authzd did not start listening");
 
+    // The bundle is activated in the background after the listener starts.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut serving = false;
+    for _ in 0..500 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner().status);
+        if status.ok() == Some(1) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(serving, "authzd never reported SERVING");
+
     let answered = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..8 {
@@ -86,7 +102,10 @@ async fn sigterm_drains_accepted_checks() {
         }));
     }
 
-    while answered.load(Ordering::SeqCst) < 500 {
+    for _ in 0..2_000 {
+        if answered.load(Ordering::SeqCst) >= 500 {
+            break;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let killed = Command::new("kill")
@@ -97,11 +116,14 @@ async fn sigterm_drains_accepted_checks() {
 
     for client in clients {
         if let Some(status) = client.await.unwrap() {
+            // A Check sent after the GOAWAY fails in the client's transport
+            // (connection refused or closed); authzd itself never answered it.
             assert!(
-                matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                ),
+                std::error::Error::source(&status).is_some()
+                    || matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled
+                    ),
                 "a refused Check must fail at the transport, got {status:?}"
             );
         }

@@ -190,12 +190,17 @@ struct State {
 /// activation lock, such as to update metrics.
 pub type ActivationHook = Arc<dyn Fn(&Activation, &BundleStore) + Send + Sync>;
 
+/// Called with a bundle that passed every check, just before it becomes
+/// active, such as to start fetching the key sets its JWT providers name.
+pub type PrepareHook = Arc<dyn Fn(&Bundle) + Send + Sync>;
+
 /// Runs activations for every source and records them in the store.
 pub struct Activator {
     store: Arc<BundleStore>,
     verifying_key: Option<VerifyingKey>,
     counters: Arc<ActivationCounters>,
     hook: Option<ActivationHook>,
+    prepare: Option<PrepareHook>,
     state: Mutex<State>,
 }
 
@@ -220,6 +225,7 @@ impl Activator {
             verifying_key,
             counters: Arc::default(),
             hook: None,
+            prepare: None,
             state: Mutex::default(),
         }
     }
@@ -227,6 +233,12 @@ impl Activator {
     /// Sets a hook called after every activation attempt.
     pub fn with_hook(mut self, hook: ActivationHook) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Sets a hook called with each bundle just before it is activated.
+    pub fn with_prepare(mut self, prepare: PrepareHook) -> Self {
+        self.prepare = Some(prepare);
         self
     }
 
@@ -307,6 +319,9 @@ impl Activator {
             return self.reject(source, Some(digest), failures, RejectStage::Tests);
         }
 
+        if let Some(prepare) = &self.prepare {
+            prepare(&bundle);
+        }
         let bundle = Arc::new(bundle);
         let previous = self.store.activate_from(bundle.clone(), source.as_str());
         self.counters.activated.fetch_add(1, Ordering::Relaxed);

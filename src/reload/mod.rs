@@ -70,6 +70,7 @@ pub async fn start(
     config: &Config,
     store: Arc<BundleStore>,
     hook: Option<ActivationHook>,
+    prepare: Option<activation::PrepareHook>,
 ) -> Result<Reloader, String> {
     let bundle = &config.bundle;
     let verifying_key = match &bundle.verification_key {
@@ -83,6 +84,9 @@ pub async fn start(
     let mut activator = Activator::new(store, verifying_key);
     if let Some(hook) = hook {
         activator = activator.with_hook(hook);
+    }
+    if let Some(prepare) = prepare {
+        activator = activator.with_prepare(prepare);
     }
     let activator = Arc::new(activator);
     let (shutdown, _) = tokio::sync::watch::channel(false);
