@@ -35,6 +35,8 @@ pub struct User {
     pub claims: serde_json::Value,
     /// `claims` converted once for CEL conditions.
     pub cel_claims: cel::Value,
+    /// The whole `jwt` variable of CEL conditions, built once.
+    pub cel_jwt: cel::Value,
 }
 
 impl User {
@@ -86,7 +88,7 @@ impl User {
             .map(str::to_owned);
 
         let cel_claims = json_to_cel(&claims);
-        User {
+        let mut user = User {
             subject,
             issuer,
             audiences,
@@ -95,7 +97,10 @@ impl User {
             tenant,
             claims,
             cel_claims,
-        }
+            cel_jwt: cel::Value::Null,
+        };
+        user.cel_jwt = crate::policy::condition::jwt_value(Some(&user));
+        user
     }
 }
 

@@ -281,37 +281,44 @@ impl<'a> SharedInput<'a> {
     }
 
     fn jwt(&self) -> &Value {
-        self.jwt.get_or_init(|| {
-            let user = self.identities.user.as_deref();
-            let list = |items: Option<&Vec<String>>| {
-                Value::List(Arc::new(
-                    items
-                        .map(|items| items.iter().map(|s| string(s)).collect())
-                        .unwrap_or_default(),
-                ))
-            };
-            let fields: HashMap<&str, Value> = HashMap::from([
-                ("present", Value::Bool(user.is_some())),
-                ("subject", string(user.map_or("", |u| u.subject.as_str()))),
-                ("issuer", string(user.map_or("", |u| u.issuer.as_str()))),
-                ("audiences", list(user.map(|u| &u.audiences))),
-                ("scopes", list(user.map(|u| &u.scopes))),
-                ("roles", list(user.map(|u| &u.roles))),
-                (
-                    "tenant",
-                    string(user.and_then(|u| u.tenant.as_deref()).unwrap_or("")),
-                ),
-                (
-                    "claims",
-                    user.map_or_else(
-                        || Value::Map(HashMap::<String, Value>::new().into()),
-                        |u| u.cel_claims.clone(),
-                    ),
-                ),
-            ]);
-            Value::Map(fields.into())
+        self.jwt.get_or_init(|| match self.identities.user.as_deref() {
+            Some(user) => user.cel_jwt.clone(),
+            None => jwt_value(None),
         })
     }
+}
+
+/// Builds the `jwt` variable for a user, or the empty one for an anonymous
+/// request. A verified user stores its own, built once when its token is
+/// first verified and reused from the token cache.
+pub fn jwt_value(user: Option<&crate::identity::User>) -> Value {
+    let list = |items: Option<&Vec<String>>| {
+        Value::List(Arc::new(
+            items
+                .map(|items| items.iter().map(|s| string(s)).collect())
+                .unwrap_or_default(),
+        ))
+    };
+    let fields: HashMap<&str, Value> = HashMap::from([
+        ("present", Value::Bool(user.is_some())),
+        ("subject", string(user.map_or("", |u| u.subject.as_str()))),
+        ("issuer", string(user.map_or("", |u| u.issuer.as_str()))),
+        ("audiences", list(user.map(|u| &u.audiences))),
+        ("scopes", list(user.map(|u| &u.scopes))),
+        ("roles", list(user.map(|u| &u.roles))),
+        (
+            "tenant",
+            string(user.and_then(|u| u.tenant.as_deref()).unwrap_or("")),
+        ),
+        (
+            "claims",
+            user.map_or_else(
+                || Value::Map(HashMap::<String, Value>::new().into()),
+                |u| u.cel_claims.clone(),
+            ),
+        ),
+    ]);
+    Value::Map(fields.into())
 }
 
 fn string(text: &str) -> Value {

@@ -217,6 +217,24 @@ pub fn grpc_server(max_concurrent_per_connection: usize) -> tonic::transport::Se
         .tcp_nodelay(true)
 }
 
+/// Accepted TCP connections with Nagle's algorithm off. tonic sets
+/// `TCP_NODELAY` only on listeners it binds itself, and without it small
+/// gRPC responses wait for delayed acknowledgements (about 40 ms on Linux).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        accepted
+    })
+}
+
 /// The Authorization service wrapped for tonic, with the decode limit set.
 pub fn authorization_service(service: AuthzService) -> AuthorizationServer<AuthzService> {
     AuthorizationServer::new(service).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
@@ -247,7 +265,7 @@ pub async fn serve_tcp_with(
     let health = run::Health::start(store).await;
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "check listener started");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = nodelay_incoming(listener);
     let result = grpc_server(1024)
         .add_service(health.service())
         .add_service(authorization_service(service))

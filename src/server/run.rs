@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 
 use super::overload::InFlightLimit;
-use super::{AuthzService, authorization_service, grpc_server};
+use super::{AuthzService, authorization_service, grpc_server, nodelay_incoming};
 use crate::admin_http::{self, AdminState, StatusSection};
 use crate::config::Config;
 use crate::engine::RequestLimits;
@@ -188,7 +188,7 @@ pub async fn run(
         match &config.tls {
             None => {
                 tracing::info!(%address, tls = false, "check listener started");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = nodelay_incoming(listener);
                 tasks.spawn(async move {
                     let result = router.serve_with_incoming_shutdown(incoming, signal).await;
                     tracing::info!(%address, "check listener stopped");
