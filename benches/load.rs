@@ -32,6 +32,11 @@ use tonic::transport::{Channel, Endpoint};
 
 mod support;
 
+/// The same allocator as the authzd binary, so the floor is not slowed by a
+/// different one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROLE_VARIABLE: &str = "AUTHZD_BENCH_ROLE";
 const CONNECTIONS: usize = 4;
 const WARM_UP: Duration = Duration::from_secs(1);

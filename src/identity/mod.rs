@@ -36,7 +36,7 @@ pub struct User {
     /// `claims` converted once for CEL conditions.
     pub cel_claims: cel::Value,
     /// The whole `jwt` variable of CEL conditions, built once.
-    pub cel_jwt: cel::Value,
+    pub cel_jwt: Option<crate::policy::condition::CelVal>,
 }
 
 impl User {
@@ -97,9 +97,10 @@ impl User {
             tenant,
             claims,
             cel_claims,
-            cel_jwt: cel::Value::Null,
+            cel_jwt: None,
         };
-        user.cel_jwt = crate::policy::condition::jwt_value(Some(&user));
+        let jwt = crate::policy::condition::jwt_value(Some(&user));
+        user.cel_jwt = crate::policy::condition::to_val(jwt).map(std::sync::Arc::from);
         user
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
-use cel::common::value::CowVal;
+use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
@@ -192,13 +192,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// rule evaluated in one decision. Only `path` differs between rules.
 pub struct CelInput<'a> {
     shared: &'a SharedInput<'a>,
-    path: Value,
+    path: Option<Box<dyn Val>>,
 }
 
 impl<'a> CelInput<'a> {
     pub fn new(shared: &'a SharedInput<'a>, path: Value) -> Self {
-        CelInput { shared, path }
+        CelInput {
+            shared,
+            path: to_val(path),
+        }
     }
+}
+
+/// A CEL variable in the form the interpreter reads. Converting a `Value`
+/// map copies it whole, so each variable is converted once and then lent.
+pub type CelVal = Arc<dyn Val>;
+
+/// Converts a value for lending to conditions; `None` for the kinds of
+/// value a variable never holds, such as functions.
+pub fn to_val(value: Value) -> Option<Box<dyn Val>> {
+    value.try_into().ok()
 }
 
 /// The per-decision part of [`CelInput`].
@@ -206,9 +219,9 @@ pub struct SharedInput<'a> {
     facts: &'a RequestFacts<'a>,
     identities: &'a Identities,
     time: chrono::DateTime<chrono::FixedOffset>,
-    request: OnceLock<Value>,
-    workload: OnceLock<Value>,
-    jwt: OnceLock<Value>,
+    request: OnceLock<Option<Box<dyn Val>>>,
+    workload: OnceLock<Option<Box<dyn Val>>>,
+    jwt: OnceLock<Option<CelVal>>,
 }
 
 impl<'a> SharedInput<'a> {
@@ -227,7 +240,7 @@ impl<'a> SharedInput<'a> {
         }
     }
 
-    fn request(&self) -> &Value {
+    fn request(&self) -> Option<&dyn Val> {
         self.request.get_or_init(|| {
             let facts = self.facts;
             let headers: HashMap<String, Value> = facts
@@ -261,11 +274,12 @@ impl<'a> SharedInput<'a> {
                 ("context_extensions", Value::Map(extensions.into())),
                 ("time", Value::Timestamp(self.time)),
             ]);
-            Value::Map(fields.into())
+            to_val(Value::Map(fields.into()))
         })
+        .as_deref()
     }
 
-    fn workload(&self) -> &Value {
+    fn workload(&self) -> Option<&dyn Val> {
         self.workload.get_or_init(|| {
             let workload = self.identities.workload.as_ref();
             let fields: HashMap<&str, Value> = HashMap::from([
@@ -276,15 +290,18 @@ impl<'a> SharedInput<'a> {
                 ),
                 ("path", string(workload.map_or("", |w| w.path()))),
             ]);
-            Value::Map(fields.into())
+            to_val(Value::Map(fields.into()))
         })
+        .as_deref()
     }
 
-    fn jwt(&self) -> &Value {
-        self.jwt.get_or_init(|| match self.identities.user.as_deref() {
-            Some(user) => user.cel_jwt.clone(),
-            None => jwt_value(None),
-        })
+    fn jwt(&self) -> Option<&dyn Val> {
+        self.jwt
+            .get_or_init(|| match self.identities.user.as_deref() {
+                Some(user) => user.cel_jwt.clone(),
+                None => to_val(jwt_value(None)).map(Arc::from),
+            })
+            .as_deref()
     }
 }
 
@@ -331,10 +348,10 @@ impl VariableResolver for CelInput<'_> {
             "request" => self.shared.request(),
             "workload" => self.shared.workload(),
             "jwt" => self.shared.jwt(),
-            "path" => &self.path,
+            "path" => self.path.as_deref(),
             _ => return None,
         };
-        value.clone().try_into().ok().map(CowVal::Owned)
+        value.map(CowVal::Borrowed)
     }
 }
 
