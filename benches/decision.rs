@@ -11,6 +11,9 @@ use authzd::policy::model::ExpectedDecision;
 use authzd::policy::testing::{build_check, user_source};
 use authzd::policy::{Bundle, generate::generate_bundle};
 use authzd::request::{PathOptions, RequestFacts};
+#[path = "support/mod.rs"]
+mod support;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
@@ -29,7 +32,10 @@ fn normalization(c: &mut Criterion) {
 
     let check = realistic_check();
     group.bench_function("check-request-facts", |b| {
-        b.iter(|| RequestFacts::from_check(black_box(&check), PathOptions::default()).map(|f| f.path.segment_count()))
+        b.iter(|| {
+            RequestFacts::from_check(black_box(&check), PathOptions::default())
+                .map(|f| f.path.segment_count())
+        })
     });
     group.finish();
 }
@@ -44,7 +50,10 @@ fn realistic_check() -> CheckRequest {
             ("accept", "application/json"),
             ("accept-encoding", "gzip, br"),
             ("accept-language", "en-GB,en;q=0.9"),
-            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+            ),
             ("x-request-id", "4f0c6a1e-8f62-4d2c-9d59-8e0b4c8f4b2a"),
             ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
             ("x-b3-spanid", "e457b5a2e4d86bd1"),
@@ -67,7 +76,8 @@ fn realistic_check() -> CheckRequest {
 fn decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
     for rules in [10usize, 1_000, 100_000] {
-        let bundle = Bundle::compile(&generate_bundle(rules, "bench")).expect("generated bundle compiles");
+        let bundle =
+            Bundle::compile(&generate_bundle(rules, "bench")).expect("generated bundle compiles");
 
         // Decide the bundle's own allow tests, which name requests that match
         // a rule (with its condition, where it has one).
@@ -82,7 +92,8 @@ fn decision(c: &mut Criterion) {
             .collect();
         assert!(!cases.is_empty(), "generated bundle has allow tests");
         for (check, user) in &cases {
-            let decision = engine::decide(&bundle, check, user, RequestLimits::default(), None).decision;
+            let decision =
+                engine::decide(&bundle, check, user, RequestLimits::default(), None).decision;
             assert!(decision.allowed, "{decision:?}");
         }
 
@@ -91,14 +102,47 @@ fn decision(c: &mut Criterion) {
             b.iter(|| {
                 let (check, user) = &cases[next % cases.len()];
                 next = next.wrapping_add(1);
-                engine::decide(black_box(&bundle), black_box(check), user, RequestLimits::default(), None)
-                    .decision
-                    .allowed
+                engine::decide(
+                    black_box(&bundle),
+                    black_box(check),
+                    user,
+                    RequestLimits::default(),
+                    None,
+                )
+                .decision
+                .allowed
             })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, normalization, decision);
+/// The whole Check handler without the transport: token from the cache,
+/// identities, decision, response and metrics, as the load benchmark
+/// sends it.
+fn handler(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    support::write_bench_bundle(dir.path(), 1_000);
+    let bundle = Bundle::load_dir(&dir.path().join("bundle")).expect("benchmark bundle");
+    let store = std::sync::Arc::new(authzd::store::BundleStore::new());
+    store.activate(std::sync::Arc::new(bundle));
+    let service = authzd::server::AuthzService::new(store);
+    let request = support::bench_request();
+    let first = service.check_now(&request);
+    assert_eq!(
+        first.status.map(|s| s.code),
+        Some(0),
+        "the benchmark request is allowed"
+    );
+
+    c.bench_function("check_now/bundle-1000", |b| {
+        b.iter(|| service.check_now(black_box(&request)))
+    });
+    let response = service.check_now(&request);
+    c.bench_function("encode-response", |b| {
+        b.iter(|| prost::Message::encode_to_vec(black_box(&response)))
+    });
+}
+
+criterion_group!(benches, normalization, decision, handler);
 criterion_main!(benches);

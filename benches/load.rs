@@ -207,7 +207,12 @@ fn cpu_time(pid: u32) -> Duration {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of stat(5); here indexes 11 and 12.
     let total = ticks(11) + ticks(12);
     let per_second = clock_ticks_per_second();
@@ -304,7 +309,13 @@ async fn drive(
                 let answer = client.check((*request).clone()).await;
                 let latency = sent.elapsed();
                 match answer {
-                    Ok(response) if response.get_ref().status.as_ref().is_some_and(|s| s.code == 0) => {
+                    Ok(response)
+                        if response
+                            .get_ref()
+                            .status
+                            .as_ref()
+                            .is_some_and(|s| s.code == 0) =>
+                    {
                         latencies.push(latency.as_nanos() as u64);
                     }
                     _ => errors += 1,
@@ -345,7 +356,13 @@ async fn compare(duration: Duration, levels: &[usize]) {
         for (server, m) in [(&floor, base), (&authzd, ours)] {
             println!(
                 "| {concurrency} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
-                server.name, m.throughput, m.p50_us, m.p99_us, m.p999_us, m.cpu_us_per_check, m.errors
+                server.name,
+                m.throughput,
+                m.p50_us,
+                m.p99_us,
+                m.p999_us,
+                m.cpu_us_per_check,
+                m.errors
             );
         }
         println!(
@@ -362,7 +379,10 @@ async fn compare(duration: Duration, levels: &[usize]) {
 async fn memory(duration: Duration) {
     let request = support::bench_request();
     println!();
-    println!("memory: authzd resident set, KiB (load: concurrency 64 for {} s)", duration.as_secs());
+    println!(
+        "memory: authzd resident set, KiB (load: concurrency 64 for {} s)",
+        duration.as_secs()
+    );
     println!("| rules | idle RSS | RSS under load | peak RSS |");
     println!("|---|---|---|---|");
     for rules in [10usize, 1_000, 100_000] {

@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use authzd::policy::generate::generate_bundle;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
 const ISSUER: &str = "https://issuer.example.org";
 const AUDIENCE: &str = "orders-api";
@@ -45,7 +45,9 @@ pub fn write_bench_bundle(dir: &Path, rules: usize) {
     let manifest = format!(
         "format: 1\nname: load-benchmark\nrevision: \"bench-{rules}\"\nclaims: {{roles: realm_access.roles, tenant: tenant}}\njwt:\n  providers:\n    - issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      algorithms: [ES256]\n      jwks:\n        inline: {jwks}\n"
     );
-    files.files.insert("bundle.yaml".to_owned(), manifest.into_bytes());
+    files
+        .files
+        .insert("bundle.yaml".to_owned(), manifest.into_bytes());
     files.files.insert(
         "rules/benchmark.yaml".to_owned(),
         format!(
@@ -57,7 +59,8 @@ pub fn write_bench_bundle(dir: &Path, rules: usize) {
     let root = dir.join("bundle");
     for (name, content) in &files.files {
         let path = root.join(name);
-        std::fs::create_dir_all(path.parent().expect("file in a directory")).expect("bundle directory");
+        std::fs::create_dir_all(path.parent().expect("file in a directory"))
+            .expect("bundle directory");
         std::fs::write(path, content).expect("bundle file written");
     }
 }
@@ -72,7 +75,8 @@ pub fn bench_request() -> CheckRequest {
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("bench".to_owned());
-    let token = jsonwebtoken::encode(&header, &claims, &signing_key().encoding).expect("token signed");
+    let token =
+        jsonwebtoken::encode(&header, &claims, &signing_key().encoding).expect("token signed");
 
     let headers = [
         (":method", "GET".to_owned()),
@@ -82,9 +86,18 @@ pub fn bench_request() -> CheckRequest {
         ("authorization", format!("Bearer {token}")),
         ("accept", "application/json".to_owned()),
         ("accept-encoding", "gzip, br".to_owned()),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".to_owned()),
-        ("x-request-id", "4f0c6a1e-8f62-4d2c-9d59-8e0b4c8f4b2a".to_owned()),
-        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7".to_owned()),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".to_owned(),
+        ),
+        (
+            "x-request-id",
+            "4f0c6a1e-8f62-4d2c-9d59-8e0b4c8f4b2a".to_owned(),
+        ),
+        (
+            "x-b3-traceid",
+            "80f198ee56343ba864fe8b2a57d3eff7".to_owned(),
+        ),
         ("x-b3-spanid", "e457b5a2e4d86bd1".to_owned()),
         ("x-b3-sampled", "1".to_owned()),
         ("x-forwarded-proto", "https".to_owned()),
@@ -102,7 +115,10 @@ pub fn bench_request() -> CheckRequest {
                 http: Some(HttpRequest {
                     id: "4f0c6a1e-8f62-4d2c-9d59-8e0b4c8f4b2a".to_owned(),
                     method: "GET".to_owned(),
-                    headers: headers.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
                     path: "/tenants/acme/orders/42?expand=items".to_owned(),
                     host: "shop.example.org".to_owned(),
                     scheme: "https".to_owned(),

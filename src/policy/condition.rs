@@ -241,58 +241,60 @@ impl<'a> SharedInput<'a> {
     }
 
     fn request(&self) -> Option<&dyn Val> {
-        self.request.get_or_init(|| {
-            let facts = self.facts;
-            let headers: HashMap<String, Value> = facts
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.starts_with(':'))
-                .map(|(name, _)| {
-                    let value = facts.headers.get(name).unwrap_or_default();
-                    (name.to_owned(), string(&value))
-                })
-                .collect();
-            let mut query: HashMap<String, Value> = HashMap::new();
-            for (name, value) in crate::request::path::parse_query(facts.query) {
-                query
-                    .entry(name)
-                    .or_insert_with(|| Value::String(Arc::new(value)));
-            }
-            let extensions: HashMap<String, Value> = facts
-                .context_extensions
-                .map(|map| map.iter().map(|(k, v)| (k.clone(), string(v))).collect())
-                .unwrap_or_default();
+        self.request
+            .get_or_init(|| {
+                let facts = self.facts;
+                let headers: HashMap<String, Value> = facts
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with(':'))
+                    .map(|(name, _)| {
+                        let value = facts.headers.get(name).unwrap_or_default();
+                        (name.to_owned(), string(&value))
+                    })
+                    .collect();
+                let mut query: HashMap<String, Value> = HashMap::new();
+                for (name, value) in crate::request::path::parse_query(facts.query) {
+                    query
+                        .entry(name)
+                        .or_insert_with(|| Value::String(Arc::new(value)));
+                }
+                let extensions: HashMap<String, Value> = facts
+                    .context_extensions
+                    .map(|map| map.iter().map(|(k, v)| (k.clone(), string(v))).collect())
+                    .unwrap_or_default();
 
-            let fields: HashMap<&str, Value> = HashMap::from([
-                ("method", string(facts.method)),
-                ("host", string(&facts.host)),
-                ("path", string(facts.path.as_str())),
-                ("scheme", string(facts.scheme)),
-                ("id", string(facts.id)),
-                ("headers", Value::Map(headers.into())),
-                ("query", Value::Map(query.into())),
-                ("context_extensions", Value::Map(extensions.into())),
-                ("time", Value::Timestamp(self.time)),
-            ]);
-            to_val(Value::Map(fields.into()))
-        })
-        .as_deref()
+                let fields: HashMap<&str, Value> = HashMap::from([
+                    ("method", string(facts.method)),
+                    ("host", string(&facts.host)),
+                    ("path", string(facts.path.as_str())),
+                    ("scheme", string(facts.scheme)),
+                    ("id", string(facts.id)),
+                    ("headers", Value::Map(headers.into())),
+                    ("query", Value::Map(query.into())),
+                    ("context_extensions", Value::Map(extensions.into())),
+                    ("time", Value::Timestamp(self.time)),
+                ]);
+                to_val(Value::Map(fields.into()))
+            })
+            .as_deref()
     }
 
     fn workload(&self) -> Option<&dyn Val> {
-        self.workload.get_or_init(|| {
-            let workload = self.identities.workload.as_ref();
-            let fields: HashMap<&str, Value> = HashMap::from([
-                ("id", string(workload.map_or("", |w| w.as_str()))),
-                (
-                    "trust_domain",
-                    string(workload.map_or("", |w| w.trust_domain())),
-                ),
-                ("path", string(workload.map_or("", |w| w.path()))),
-            ]);
-            to_val(Value::Map(fields.into()))
-        })
-        .as_deref()
+        self.workload
+            .get_or_init(|| {
+                let workload = self.identities.workload.as_ref();
+                let fields: HashMap<&str, Value> = HashMap::from([
+                    ("id", string(workload.map_or("", |w| w.as_str()))),
+                    (
+                        "trust_domain",
+                        string(workload.map_or("", |w| w.trust_domain())),
+                    ),
+                    ("path", string(workload.map_or("", |w| w.path()))),
+                ]);
+                to_val(Value::Map(fields.into()))
+            })
+            .as_deref()
     }
 
     fn jwt(&self) -> Option<&dyn Val> {

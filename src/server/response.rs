@@ -21,6 +21,11 @@ pub const WORKLOAD_HEADER: &str = "x-authz-workload";
 /// Header carrying the verified user subject to the upstream.
 pub const SUBJECT_HEADER: &str = "x-authz-subject";
 
+/// Returns whether a request carries either identity header itself.
+pub fn has_identity_headers(headers: &crate::request::Headers<'_>) -> bool {
+    headers.get(WORKLOAD_HEADER).is_some() || headers.get(SUBJECT_HEADER).is_some()
+}
+
 /// gRPC status codes Envoy reads in `CheckResponse.status`.
 const CODE_OK: i32 = 0;
 const CODE_PERMISSION_DENIED: i32 = 7;
@@ -33,6 +38,10 @@ pub struct ResponseContext<'a> {
     /// Request headers to remove before the request goes upstream, such as
     /// the credential header once its token is verified.
     pub remove_headers: &'a [String],
+    /// Whether the request carries identity headers of its own, which must
+    /// not reach the upstream. Checked by the caller, so the response names
+    /// only headers that are present.
+    pub sent_identity_headers: bool,
 }
 
 pub fn build(decision: &Decision, context: &ResponseContext<'_>) -> CheckResponse {
@@ -51,13 +60,17 @@ fn allow(context: &ResponseContext<'_>, metadata: Struct) -> CheckResponse {
     let mut headers_to_remove = context.remove_headers.to_vec();
     match &context.identities.workload {
         Some(id) => headers.push(header(WORKLOAD_HEADER, id.as_str())),
-        None => headers_to_remove.push(WORKLOAD_HEADER.to_owned()),
+        None if context.sent_identity_headers => {
+            headers_to_remove.push(WORKLOAD_HEADER.to_owned());
+        }
+        None => {}
     }
     match &context.identities.user {
         Some(user) if !user.subject.is_empty() => {
             headers.push(header(SUBJECT_HEADER, &user.subject));
         }
-        _ => headers_to_remove.push(SUBJECT_HEADER.to_owned()),
+        _ if context.sent_identity_headers => headers_to_remove.push(SUBJECT_HEADER.to_owned()),
+        _ => {}
     }
 
     CheckResponse {
