@@ -388,8 +388,19 @@ async fn memory(duration: Duration) {
     for rules in [10usize, 1_000, 100_000] {
         let server = start_authzd(rules);
         let clients = connect(server.address).await;
-        // One Check proves the bundle is active before measuring idle.
-        let _ = clients[0].clone().check(request.clone()).await;
+        // An allowed Check proves the bundle is active before measuring idle;
+        // a large bundle takes a few seconds to activate.
+        let mut client = clients[0].clone();
+        let mut active = false;
+        for _ in 0..1_200 {
+            let answer = client.check(request.clone()).await;
+            if answer.is_ok_and(|r| r.get_ref().status.as_ref().is_some_and(|s| s.code == 0)) {
+                active = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(active, "the {rules}-rule bundle never became active");
         let (idle, _) = memory_kib(server.pid());
         let _ = measure(&server, &clients, &request, 64, duration).await;
         let (loaded, peak) = memory_kib(server.pid());
