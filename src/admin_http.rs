@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::metrics::Metrics;
 use crate::store::BundleStore;
 
-/// What the admin endpoints read.
+/// Shared state of the admin endpoints.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub store: Arc<BundleStore>,

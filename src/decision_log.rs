@@ -29,7 +29,7 @@ const CREDENTIAL_HEADERS: [&str; 5] = [
     "x-api-key",
 ];
 
-/// Longest header value written to a decision log line, in bytes.
+/// Maximum bytes of a header value written to a decision log line.
 const MAX_LOGGED_HEADER_VALUE: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -42,7 +42,7 @@ pub struct TlsConfig {
     /// How often the files are checked for changes, in seconds.
     #[serde(default = "default_reload_interval")]
     pub reload_interval_seconds: u64,
-    /// Longest time a TLS handshake may take, in seconds.
+    /// Maximum time a TLS handshake may take, in seconds.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_seconds: u64,
 }

@@ -23,8 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::BundleStore;
 
 /// Largest CheckRequest the server decodes. Envoy's `max_request_bytes`
-/// bounds the body it forwards; this stays above any sensible setting so an
-/// oversized request reaches the handler and gets a deny, never a gRPC error.
+/// bounds the body it forwards, and this limit stays above any sensible
+/// setting, so an oversized request reaches the handler and gets a deny
+/// instead of a gRPC error.
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// The Authorization service Envoy calls.
@@ -243,7 +244,7 @@ pub fn nodelay_incoming(
     })
 }
 
-/// The Authorization service wrapped for tonic, with the decode limit set.
+/// Wraps the Authorization service for tonic, with the decode limit set.
 pub fn authorization_service(service: AuthzService) -> AuthorizationServer<AuthzService> {
     AuthorizationServer::new(service).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }

@@ -31,7 +31,7 @@ const CODE_OK: i32 = 0;
 const CODE_PERMISSION_DENIED: i32 = 7;
 const CODE_UNAUTHENTICATED: i32 = 16;
 
-/// What the response needs besides the decision.
+/// Request details the response needs besides the decision.
 pub struct ResponseContext<'a> {
     pub decision_id: &'a str,
     pub identities: &'a Identities,

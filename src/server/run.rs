@@ -312,7 +312,7 @@ async fn wait_for(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// The Check service behind the in-flight limit.
+/// Wraps the Check service in the in-flight limit.
 fn limited_service(
     runtime: &Runtime,
     config: &Config,
