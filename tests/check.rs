@@ -329,3 +329,27 @@ rules:
     assert!(!answer.allowed);
     assert_eq!(answer.rule, "role-admin");
 }
+
+#[tokio::test]
+async fn audit_bundle_allows_and_explains() {
+    let manifest = "format: 1\nname: shadow\nrevision: s1\nmode: audit\n";
+    let rules = r#"
+rules:
+  - id: block-admin
+    effect: deny
+    paths: ["/admin/**"]
+  - id: preview
+    effect: allow
+    mode: audit
+    paths: ["/admin/**"]
+"#;
+    let dir = write_bundle(&[("bundle.yaml", manifest), ("rules/r.yaml", rules)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+
+    let answer = check(&mut client, &Check::new("GET", "api", "/admin/users")).await;
+
+    assert!(answer.allowed, "an audit bundle never denies: {answer:?}");
+    assert_eq!(answer.reason, "audit_mode");
+    assert_eq!(answer.rule, "block-admin", "the rule that would have decided");
+}
