@@ -111,8 +111,8 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
 
 /// Builds the `/status` document.
 pub fn status(state: &AdminState) -> serde_json::Value {
-    let details = state.store.status();
-    let bundle = state.store.current().map(|bundle| {
+    let (current, details) = state.store.snapshot();
+    let bundle = current.map(|bundle| {
         serde_json::json!({
             "name": &*bundle.name,
             "revision": &*bundle.revision,

@@ -66,13 +66,22 @@ impl BundleStore {
 
     /// Makes `bundle` the active bundle, recording where it came from.
     pub fn activate_from(&self, bundle: Arc<Bundle>, source: &str) -> Option<Arc<Bundle>> {
+        // The swap happens under the status lock, so `snapshot` never pairs
+        // a bundle with another bundle's source and time. Checks never take
+        // this lock.
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.active.swap(Some(bundle));
-        if let Ok(mut status) = self.status.lock() {
-            status.source = source.to_owned();
-            status.activated_at = Some(SystemTime::now());
-        }
+        status.source = source.to_owned();
+        status.activated_at = Some(SystemTime::now());
+        drop(status);
         self.activations.send_modify(|count| *count += 1);
         previous
+    }
+
+    /// Returns the active bundle with its status, read together.
+    pub fn snapshot(&self) -> (Option<Arc<Bundle>>, StoreStatus) {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        (self.active.load_full(), status.clone())
     }
 
     /// Records a bundle that was not activated.

@@ -113,8 +113,8 @@ impl Admin for AdminService {
         self.authorize(&request, "GetStatus")?;
         let store = self.activator.store();
 
-        let details = store.status();
-        let active = store.current().map(|bundle| proto::ActiveBundle {
+        let (current, details) = store.snapshot();
+        let active = current.map(|bundle| proto::ActiveBundle {
             name: bundle.name.to_string(),
             revision: bundle.revision.to_string(),
             digest: bundle.digest.to_string(),
