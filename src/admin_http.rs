@@ -43,8 +43,10 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "admin listener started");
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    tracing::info!(%address, "admin listener started");
     tokio::pin!(shutdown);
 
     loop {
@@ -75,7 +77,7 @@ pub async fn serve(
             }
         });
     }
-    tracing::info!(address = ?address, "admin listener stopped");
+    tracing::info!(%address, "admin listener stopped");
 }
 
 fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {

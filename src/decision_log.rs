@@ -141,8 +141,9 @@ impl DecisionLog {
 
         let empty = HttpRequest::default();
         let http = http.unwrap_or(&empty);
-        // The query may carry tokens or personal data, so only the path is kept.
-        let path = http.path.split(['?', '#']).next().unwrap_or_default();
+        // The query and path parameters may carry tokens, session ids or
+        // personal data, so the raw path is kept only up to the first of them.
+        let path = http.path.split(['?', '#', ';']).next().unwrap_or_default();
         let request_headers = Headers::from_http(http);
         let headers: serde_json::Map<String, serde_json::Value> = self
             .headers

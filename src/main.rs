@@ -223,6 +223,7 @@ async fn run_server(config: Config) -> ExitCode {
 
     let result = authzd::server::run::run(&config, runtime, shutdown_signal()).await;
     reloader.stop().await;
+    tracing::info!("authzd stopped");
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -253,7 +254,11 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal, so a log file or pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

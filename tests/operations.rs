@@ -450,13 +450,15 @@ async fn decision_log_never_contains_tokens() {
     .header("user-agent", "curl/8.0");
     let denied = Check::new("GET", "shop.example.org", "/admin?token=query-secret")
         .header("authorization", &format!("Bearer {token}"));
+    let with_parameter = Check::new("GET", "shop.example.org", "/orders;jsessionid=param-secret");
     common::check(&mut client, &allowed).await;
     common::check(&mut client, &denied).await;
+    common::check(&mut client, &with_parameter).await;
 
     let mut text = String::new();
     for _ in 0..200 {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 {
+        if text.lines().count() >= 3 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -465,8 +467,8 @@ async fn decision_log_never_contains_tokens() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    for secret in [token, "query-secret", "cookie-secret", "signature-secret"] {
+    assert_eq!(lines.len(), 3, "{text}");
+    for secret in [token, "query-secret", "cookie-secret", "signature-secret", "param-secret"] {
         assert!(
             !text.contains(secret),
             "decision log contains `{secret}`: {text}"
@@ -482,4 +484,6 @@ async fn decision_log_never_contains_tokens() {
     assert_eq!(lines[1]["rule"], "block-admin");
     assert_eq!(lines[1]["reason"], "denied_by_rule");
     assert_eq!(lines[1]["decision_id"].as_str().map(str::len), Some(32));
+    assert_eq!(lines[2]["reason"], "path_parameter");
+    assert_eq!(lines[2]["path"], "/orders");
 }

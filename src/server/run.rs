@@ -300,7 +300,7 @@ pub async fn run(
             }
         }
     }
-    tracing::info!("authzd stopped");
+    tracing::info!("listeners stopped");
     failure.map_or(Ok(()), Err)
 }
 
