@@ -65,7 +65,18 @@ pub fn decide(
 
     let facts = match RequestFacts::from_check(check, bundle.path_options) {
         Ok(facts) => facts,
-        Err(reason) => return deny(reason),
+        Err(reason) => {
+            // The request is denied before identities are resolved; the
+            // principal Envoy sent, when valid, still names the caller in
+            // the decision log.
+            let mut evaluation = deny(reason);
+            evaluation.identities.workload = check
+                .attributes
+                .as_ref()
+                .and_then(|a| a.source.as_ref())
+                .and_then(|peer| crate::spiffe::SpiffeId::parse(&peer.principal).ok());
+            return evaluation;
+        }
     };
     if facts.headers.len() > limits.max_headers
         || facts.headers.total_size() > limits.max_header_bytes

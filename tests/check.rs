@@ -351,5 +351,8 @@ rules:
 
     assert!(answer.allowed, "an audit bundle never denies: {answer:?}");
     assert_eq!(answer.reason, "audit_mode");
-    assert_eq!(answer.rule, "block-admin", "the rule that would have decided");
+    assert_eq!(
+        answer.rule, "block-admin",
+        "the rule that would have decided"
+    );
 }

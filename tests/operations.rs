@@ -468,7 +468,13 @@ async fn decision_log_never_contains_tokens() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3, "{text}");
-    for secret in [token, "query-secret", "cookie-secret", "signature-secret", "param-secret"] {
+    for secret in [
+        token,
+        "query-secret",
+        "cookie-secret",
+        "signature-secret",
+        "param-secret",
+    ] {
         assert!(
             !text.contains(secret),
             "decision log contains `{secret}`: {text}"
