@@ -190,10 +190,10 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// The revision of the bundle that decided; empty when none is active.
     pub revision: Arc<str>,
-    /// Audit-mode rules that matched but did not affect the answer.
+    /// Audit-mode rules that matched but did not affect the decision.
     pub audit_matches: Vec<Arc<str>>,
     /// Extra detail for operators, such as a token verification error. It is
-    /// logged and returned in the deny body, so it never holds a credential.
+    /// logged and returned in the deny body, so it never contains a credential.
     pub detail: Option<String>,
 }
 
