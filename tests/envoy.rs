@@ -7,7 +7,6 @@
 
 mod common;
 #[path = "jwt_support/mod.rs"]
-#[allow(dead_code)]
 mod jwt_support;
 #[path = "common/pki.rs"]
 mod pki;
