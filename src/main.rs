@@ -17,8 +17,8 @@ use authzd::config::{Config, LogFormat};
 use authzd::policy::model::TestRequest;
 use authzd::policy::testing;
 use authzd::policy::{Bundle, Outcome};
-use authzd::reload::Activation;
 use authzd::reload::admin::client::AdminTarget;
+use authzd::reload::{Activation, RejectStage};
 use authzd::store::BundleStore;
 
 #[derive(Debug, Parser)]
@@ -195,7 +195,12 @@ async fn run_server(config: Config) -> ExitCode {
         let result = match activation {
             Activation::Activated { .. } => "activated",
             Activation::Unchanged { .. } => "unchanged",
-            Activation::Rejected { .. } => "rejected",
+            Activation::Rejected { stage, .. } => match stage {
+                RejectStage::Load => "rejected_load",
+                RejectStage::Signature => "rejected_signature",
+                RejectStage::Compile => "rejected_compile",
+                RejectStage::Tests => "rejected_tests",
+            },
         };
         metrics.record_activation(result);
         if let Some(bundle) = store.current() {

@@ -195,7 +195,7 @@ impl Metrics {
         let bundle_activations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "bundle_activations",
-            "Bundle activations, by result (`activated`, `rejected`, `unchanged`)",
+            "Bundle activation attempts, by result (`activated`, `unchanged`, or `rejected_` and the failed step)",
             bundle_activations.clone(),
         );
         let bundle_info = Family::<BundleLabels, Gauge>::default();

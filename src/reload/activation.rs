@@ -99,6 +99,7 @@ pub enum Activation {
     Rejected {
         digest: Option<String>,
         errors: Vec<String>,
+        stage: RejectStage,
     },
 }
 
@@ -395,6 +396,7 @@ impl Activator {
         Activation::Rejected {
             digest: None,
             errors,
+            stage: RejectStage::Load,
         }
     }
 
@@ -417,7 +419,11 @@ impl Activator {
             errors = errors.join("; "),
             "bundle rejected; the active bundle stays"
         );
-        Activation::Rejected { digest, errors }
+        Activation::Rejected {
+            digest,
+            errors,
+            stage,
+        }
     }
 
     fn record_rejection(&self, source: &Source, digest: Option<String>, errors: &[String]) {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 pub use activation::{
     Activation, ActivationCounters, ActivationCounts, ActivationHook, Activator, LoadedBundle,
-    Source,
+    RejectStage, Source,
 };
 
 use crate::config::{BundleSourceKind, Config};

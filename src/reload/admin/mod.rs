@@ -157,7 +157,7 @@ fn push_response(activation: Activation) -> proto::PushBundleResponse {
             digest,
             ..Default::default()
         },
-        Activation::Rejected { digest, errors } => proto::PushBundleResponse {
+        Activation::Rejected { digest, errors, .. } => proto::PushBundleResponse {
             result: PushResult::Rejected.into(),
             digest: digest.unwrap_or_default(),
             errors,
