@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-/// Why a decision came out the way it did. The string form is stable: it
+/// The cause of a decision. The string form is stable: it
 /// appears in responses, dynamic metadata, logs and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -29,7 +29,7 @@ impl Default for RequestLimits {
     }
 }
 
-/// How the user of a request is known.
+/// The source of a request's user identity.
 #[derive(Debug, Clone, Default)]
 pub enum UserSource {
     /// No user: the request is evaluated as anonymous.

@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Keeps the resident set small. mimalloc asks for transparent huge pages
+/// Keeps the resident set small. mimalloc requests transparent huge pages
 /// on its arenas, which made an idle sidecar hold about 14 MiB of 2 MiB
 /// pages it barely used (measured with the example bundle; see
 /// docs/benchmarks.md).

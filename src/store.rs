@@ -12,10 +12,10 @@ use arc_swap::ArcSwapOption;
 
 use crate::policy::Bundle;
 
-/// What status reports about activations.
+/// Activation details that status reports.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStatus {
-    /// Where the active bundle came from, such as a directory path.
+    /// Source of the active bundle, such as a directory path.
     pub source: String,
     pub activated_at: Option<SystemTime>,
     pub last_rejection: Option<Rejection>,

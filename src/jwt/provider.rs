@@ -11,7 +11,7 @@ use super::jwks::KeySet;
 use super::spec::{JwksSpec, JwtSpec, ProviderSpec, RefreshSpec};
 use crate::policy::model::ClaimMapping;
 
-/// Longest clock-skew leeway a provider may set, in seconds.
+/// Maximum clock-skew leeway a provider may set, in seconds.
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 /// Bounds of `max_token_bytes`.
 pub const MIN_TOKEN_BYTES: usize = 256;

@@ -12,7 +12,7 @@ use crate::decision::{Decision, Reason};
 use crate::identity::{Identities, User};
 use crate::request::RequestFacts;
 
-/// Why one candidate rule matched or not, for `authzd eval` and test failures.
+/// The match result of one candidate rule, for `authzd eval` and test failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceEntry {
     pub rule: Arc<str>,
@@ -27,7 +27,7 @@ pub enum Outcome {
     Matched,
     /// The first constraint that did not match, such as `method`.
     NotMatched(Cow<'static, str>),
-    /// The condition failed to evaluate; the message says why.
+    /// The condition failed to evaluate, for the reason in the message.
     ConditionError(String),
 }
 

@@ -93,7 +93,7 @@ pub struct TrustDomainSpec {
     pub allow_unverified_certificates: bool,
 }
 
-/// A role and who holds it. A caller holds the role when any binding matches.
+/// A role and its bindings. A caller has the role when any binding matches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {

@@ -104,14 +104,17 @@ impl AuthzService {
             decision_id: &decision_id,
             identities: &evaluation.identities,
             remove_headers: authentication.remove_headers(),
-            sent_identity_headers: check
-                .attributes
-                .as_ref()
-                .and_then(|a| a.request.as_ref())
-                .and_then(|r| r.http.as_ref())
-                .is_some_and(|http| {
-                    response::has_identity_headers(&crate::request::Headers::from_http(http))
-                }),
+            // Only an allow response names headers to remove, so a deny
+            // skips reading the request headers again.
+            sent_identity_headers: evaluation.decision.allowed
+                && check
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.request.as_ref())
+                    .and_then(|r| r.http.as_ref())
+                    .is_some_and(|http| {
+                        response::has_identity_headers(&crate::request::Headers::from_http(http))
+                    }),
         };
         let response = response::build(&evaluation.decision, &context);
 

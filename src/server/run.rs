@@ -112,7 +112,7 @@ pub struct Runtime {
     /// The decision log writer thread, joined at stop so no line is lost.
     pub decision_log_writer: Option<std::thread::JoinHandle<()>>,
     /// Receives the bound addresses once every listener is bound, which
-    /// tells a caller that configured port 0 where to connect.
+    /// lets a caller that configured port 0 learn where to connect.
     pub on_bound: Option<tokio::sync::oneshot::Sender<BoundAddresses>>,
 }
 
